@@ -1,0 +1,97 @@
+"""Model checkpoints: weights in safetensors with the config in the metadata, tokenizer beside.
+
+A checkpoint is a directory::
+
+    model.safetensors   weights; metadata: format, config (JSON), model_id, vocab_size
+    tokenizer.json      the tokenizer (plasticlm.tokenizer.load_tokenizer)
+
+``model_id`` is a hash of the config and the weights, so a saved recurrent state can name
+the exact model that produced it. Loading never unpickles anything. Training state
+(optimizer, schedule, RNG, data cursor) is the trainer's business and sits beside these files.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from .config import ModelConfig
+from .model import PlasticLM
+from .tokenizer import Tokenizer, load_tokenizer
+
+FORMAT = "plasticlm.model/1"
+WEIGHTS = "model.safetensors"
+TOKENIZER = "tokenizer.json"
+
+
+def model_id(config: ModelConfig, tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode())
+    for name in sorted(tensors):
+        h.update(name.encode())
+        h.update(tensors[name].detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def atomic_write(path: Path, write) -> None:
+    """write(tmp_path), fsync, then rename over ``path``: a crash leaves the old file or the new one."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    write(tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_model(directory: str | os.PathLike, model: PlasticLM, tokenizer: Tokenizer,
+               extra: dict[str, str] | None = None) -> str:
+    """Write weights and tokenizer into ``directory``; returns the model_id."""
+    from safetensors.torch import save_file
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    mid = model_id(model.config, tensors)
+    meta = {"format": FORMAT, "config": json.dumps(model.config.to_dict()), "model_id": mid,
+            "vocab_size": str(tokenizer.vocab_size), **{k: str(v) for k, v in (extra or {}).items()}}
+    atomic_write(d / TOKENIZER, tokenizer.save)
+    atomic_write(d / WEIGHTS, lambda p: save_file(tensors, p, metadata=meta))
+    return mid
+
+
+def read_metadata(directory: str | os.PathLike) -> dict[str, str]:
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(directory) / WEIGHTS
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {directory}: {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"{path}: cannot read checkpoint (truncated or corrupt?): {e}") from e
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a plasticlm checkpoint (format {meta.get('format')!r}, expected {FORMAT!r})")
+    return meta
+
+
+def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu"):
+    """Returns (model in eval mode, tokenizer, metadata)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    d = Path(directory)
+    meta = read_metadata(d)
+    config = ModelConfig.from_dict(json.loads(meta["config"]))
+    tokenizer = load_tokenizer(d / TOKENIZER)
+    if tokenizer.vocab_size != config.vocab_size:
+        raise ValueError(f"{d}: tokenizer has {tokenizer.vocab_size} tokens, model vocab_size is {config.vocab_size}")
+    try:
+        tensors = load_file(str(d / WEIGHTS), device=str(device))
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{d / WEIGHTS}: cannot read weights (truncated or corrupt?): {e}") from e
+    model = PlasticLM(config).to(device)
+    model.load_state_dict(tensors)
+    model.eval()
+    return model, tokenizer, meta

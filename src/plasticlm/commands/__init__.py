@@ -1,0 +1,1 @@
+"""Subcommands of the `plasticlm` CLI, one module each."""

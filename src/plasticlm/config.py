@@ -1,0 +1,99 @@
+"""Typed, validated model configuration."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+MEMORIES = ("gated_average", "decay", "linear")
+MODES = ("auto", "naive", "chunk", "kernel")
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of a PlasticLM (DESIGN section 1). Every field is checked on construction."""
+
+    vocab_size: int = 256
+    """Number of token ids; the embedding table is tied to the output head."""
+    d_model: int = 128
+    """Width of each residual stream (a reversible model carries two streams of this width)."""
+    n_layers: int = 4
+    """Number of blocks (memory process + SwiGLU feed-forward)."""
+    n_heads: int = 4
+    """Memory heads per block; each head keeps a (head_dim x value_dim) state."""
+    head_dim: int = 0
+    """Key/query width per head; 0 means d_model // n_heads."""
+    value_dim: int = 0
+    """Value width per head; 0 means head_dim."""
+    ffn_hidden: int = 0
+    """SwiGLU hidden width; 0 means 8/3 * d_model rounded up to a multiple of 64."""
+    memory: str = "gated_average"
+    """Memory process: 'gated_average' (write weight 1 - a), 'decay' (GLA, write weight 1),
+    'linear' (a = 1, plain linear attention)."""
+    reversible: bool = True
+    """RevNet coupling over depth with input reconstruction; False gives plain pre-norm residuals."""
+    min_half_life: float = 2.0
+    """Shortest initial gate half-life, in tokens (gate biases are spread log-uniformly)."""
+    max_half_life: float = 1e5
+    """Longest initial gate half-life, in tokens."""
+    norm_eps: float = 1e-6
+    """Epsilon of every RMSNorm."""
+    init_std: float = 0.02
+    """Standard deviation of the weight initialisation."""
+    chunk_size: int = 64
+    """Chunk length of the chunkwise-parallel memory path."""
+    mode: str = "auto"
+    """Memory execution path: 'auto' (fla kernel on CUDA when installed, else chunk), 'chunk',
+    'naive', 'kernel'."""
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "chunk_size"):
+            _require(self, name, _is_int(getattr(self, name)) and getattr(self, name) >= 1, "a positive integer")
+        for name in ("head_dim", "value_dim", "ffn_hidden"):
+            _require(self, name, _is_int(getattr(self, name)) and getattr(self, name) >= 0,
+                     "a non-negative integer (0 picks the default)")
+        if self.head_dim == 0:
+            _require(self, "d_model", self.d_model % self.n_heads == 0,
+                     f"divisible by n_heads={self.n_heads} when head_dim is 0")
+        _require(self, "memory", self.memory in MEMORIES, f"one of {MEMORIES}")
+        _require(self, "mode", self.mode in MODES, f"one of {MODES}")
+        _require(self, "reversible", isinstance(self.reversible, bool), "a bool")
+        for name in ("min_half_life", "max_half_life", "norm_eps", "init_std"):
+            v = getattr(self, name)
+            _require(self, name, isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0,
+                     "a finite number > 0")
+        _require(self, "max_half_life", self.max_half_life >= self.min_half_life,
+                 f">= min_half_life={self.min_half_life}")
+
+    @property
+    def k_dim(self) -> int:
+        return self.head_dim or self.d_model // self.n_heads
+
+    @property
+    def v_dim(self) -> int:
+        return self.value_dim or self.k_dim
+
+    @property
+    def ffn_dim(self) -> int:
+        return self.ffn_hidden or 64 * math.ceil(8 * self.d_model / 3 / 64)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"ModelConfig has no field {unknown[0]!r}; known fields: {sorted(known)}")
+        return cls(**d)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _require(cfg: ModelConfig, name: str, ok: bool, rule: str) -> None:
+    if not ok:
+        raise ValueError(f"ModelConfig.{name} must be {rule}, got {getattr(cfg, name)!r}")

@@ -1,0 +1,258 @@
+"""PlasticLM: a recurrent LM whose memory is a gated average of linear-attention states.
+
+Architecture only (DESIGN section 1); training loops, distribution and checkpoints live in
+``plasticlm.trainer``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import ModelConfig
+from .ops import gated_average, gated_decay
+from .reversible import reversible_stack
+from .state import State
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+
+def gate_bias(n: int, min_half_life: float, max_half_life: float) -> torch.Tensor:
+    """logit(a) for n gates whose half-lives a^h = 1/2 are log-uniform in [min, max]."""
+    h = torch.logspace(math.log10(min_half_life), math.log10(max_half_life), n, dtype=torch.float64)
+    log_a = -math.log(2) / h
+    return (log_a - torch.log(-torch.expm1(log_a))).float()  # log a - log(1 - a)
+
+
+class Memory(nn.Module):
+    """The memory process M of DESIGN 1.2. q, k, v and the gates are projections of the input only."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        H, K, V = cfg.n_heads, cfg.k_dim, cfg.v_dim
+        self.split = (H * K, H * K, H * V, H * V)  # q, k, v, output gate
+        self.proj_in = nn.Linear(cfg.d_model, sum(self.split), bias=False)
+        self.gate = nn.Linear(cfg.d_model, H * K) if cfg.memory != "linear" else None
+        self.head_norm = RMSNorm(V, cfg.norm_eps)
+        self.proj_out = nn.Linear(H * V, cfg.d_model, bias=False)
+
+    def reset_gate_bias(self) -> None:
+        if self.gate is not None:
+            H, K = self.cfg.n_heads, self.cfg.k_dim
+            # Every head gets short, moderate and long memories: channel j of head h takes
+            # half-life number j * H + h of the sorted spread.
+            b = gate_bias(H * K, self.cfg.min_half_life, self.cfg.max_half_life).view(K, H).t()
+            with torch.no_grad():
+                self.gate.bias.copy_(b.reshape(-1))
+
+    def inputs(self, x):
+        """Projections of the layer input: q, k, log_a (B, T, H, K), v and output gate (B, T, H, V)."""
+        B, T, _ = x.shape
+        H, K, V = self.cfg.n_heads, self.cfg.k_dim, self.cfg.v_dim
+        q, k, v, og = self.proj_in(x).split(self.split, dim=-1)
+        q = q.view(B, T, H, K) * K ** -0.5
+        k = k.view(B, T, H, K)
+        if self.gate is None:
+            log_a = torch.zeros_like(k)
+        else:
+            log_a = F.logsigmoid(self.gate(x).float()).view(B, T, H, K)  # gates kept in float32
+        return q, k, v.view(B, T, H, V), log_a, og.view(B, T, H, V)
+
+    def forward(self, x, S):
+        """x (B, T, d), S (B, H, K, V) -> (y (B, T, d), final S)."""
+        q, k, v, log_a, og = self.inputs(x)
+        fn = gated_average if self.cfg.memory == "gated_average" else gated_decay
+        mode = "naive" if x.shape[1] == 1 else self.cfg.mode  # one step needs no chunking
+        o, S = fn(q, k, v, log_a, S, mode=mode, chunk_size=self.cfg.chunk_size)  # (B, T, H, V)
+        o = self.head_norm(o) * F.silu(og)
+        return self.proj_out(o.flatten(2)), S
+
+    def rewind(self, x, S_end):
+        """Invert the recurrence over a segment: the start state that x drives to S_end.
+
+        S_start = diag(1 / prod a) (S_end - sum_t diag(prod_{u>t} a_u) w_t k_t v_t^T). The
+        division amplifies rounding by prod(1 / a_t): exact in exact arithmetic only.
+        """
+        _, k, v, log_a, _ = self.inputs(x)
+        dtype = S_end.dtype
+        k, v, log_a = k.to(dtype), v.to(dtype), log_a.to(dtype)
+        if self.cfg.memory == "gated_average":
+            k = k * -torch.expm1(log_a)
+        b = log_a.cumsum(1)  # (B, T, H, K)
+        total = b[:, -1]  # (B, H, K)
+        U = torch.einsum("bthk,bthv->bhkv", k * (total.unsqueeze(1) - b).exp(), v)
+        return (S_end - U) * (-total).exp().unsqueeze(-1)
+
+
+class FeedForward(nn.Module):
+    """SwiGLU."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.up = nn.Linear(cfg.d_model, 2 * cfg.ffn_dim, bias=False)
+        self.down = nn.Linear(cfg.ffn_dim, cfg.d_model, bias=False)
+
+    def forward(self, x):
+        a, b = self.up(x).chunk(2, dim=-1)
+        return self.down(F.silu(a) * b)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.norm_m, self.memory = RMSNorm(cfg.d_model, cfg.norm_eps), Memory(cfg)
+        self.norm_f, self.ffn = RMSNorm(cfg.d_model, cfg.norm_eps), FeedForward(cfg)
+
+    def mem(self, x, S):
+        return self.memory(self.norm_m(x), S)
+
+    def ff(self, x):
+        return self.ffn(self.norm_f(x))
+
+    def forward(self, x, S):
+        """Plain pre-norm residual block."""
+        m, S = self.mem(x, S)
+        x = x + m
+        return x + self.ff(x), S
+
+    def forward_rev(self, x1, x2, S):
+        """RevNet coupling: y1 = x1 + M(x2), y2 = x2 + F(y1)."""
+        m, S = self.mem(x2, S)
+        y1 = x1 + m
+        return y1, x2 + self.ff(y1), S
+
+    def inverse(self, y1, y2, S):
+        """Inputs of forward_rev from its outputs, given the memory's start state S."""
+        x2 = y2 - self.ff(y1)
+        return y1 - self.mem(x2, S)[0], x2
+
+
+class PlasticLM(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        if not isinstance(config, ModelConfig):
+            raise TypeError(f"PlasticLM expects a ModelConfig, got {type(config).__name__}")
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)  # tied to the output head
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.norm = RMSNorm(config.d_model, config.norm_eps)
+        self.reconstruct = True  # False: reversible coupling under plain autograd (for tests)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        std = self.config.init_std
+        for name, p in self.named_parameters():
+            if p.dim() == 2:
+                # Output projections are scaled down with depth, as in GPT-2.
+                s = std / math.sqrt(2 * self.config.n_layers) if name.endswith(("proj_out.weight", "down.weight")) else std
+                nn.init.normal_(p, std=s)
+        for block in self.blocks:
+            block.memory.reset_gate_bias()
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> State:
+        """Empty memories for ``batch_size`` sequences."""
+        c = self.config
+        p = self.embed.weight
+        dtype = dtype or (torch.float64 if p.dtype == torch.float64 else torch.float32)
+        return State([torch.zeros(batch_size, c.n_heads, c.k_dim, c.v_dim, device=device or p.device, dtype=dtype)
+                      for _ in range(c.n_layers)])
+
+    def hidden(self, tokens, state: State | None = None):
+        """Final hidden states before the head: tokens (B, T) -> (h (B, T, d), state)."""
+        self._check_tokens(tokens)
+        B = tokens.shape[0]
+        state = self.init_state(B) if state is None else self._check_state(state, B)
+        x = self.embed(tokens)  # (B, T, d)
+        if self.config.reversible:
+            if self.reconstruct and torch.is_grad_enabled():
+                y1, y2, S = reversible_stack(self.blocks, x, x, state.layers)
+            else:
+                y1, y2, S = x, x, []
+                for block, s in zip(self.blocks, state.layers):
+                    y1, y2, s = block.forward_rev(y1, y2, s)
+                    S.append(s)
+            h = (y1 + y2) / 2
+        else:
+            h, S = x, []
+            for block, s in zip(self.blocks, state.layers):
+                h, s = block(h, s)
+                S.append(s)
+        return self.norm(h), State(S)
+
+    def forward(self, tokens, state: State | None = None):
+        """tokens (B, T) int -> (logits (B, T, vocab), final state)."""
+        h, state = self.hidden(tokens, state)
+        return F.linear(h, self.embed.weight), state
+
+    def step(self, token, state: State):
+        """One token per row: token (B,) -> (logits (B, vocab), state)."""
+        if not torch.is_tensor(token) or token.dim() != 1:
+            raise ValueError(f"step expects token of shape (B,), got {getattr(token, 'shape', type(token))}")
+        logits, state = self(token.unsqueeze(1), state)
+        return logits[:, 0], state
+
+    @torch.no_grad()
+    def rewind(self, tokens, state_end: State) -> State:
+        """The state before ``tokens`` that leads to ``state_end`` (time reversal, DESIGN 2).
+
+        Layer l's inputs depend only on the start states of layers below it, so the layers are
+        inverted bottom-up, each then run forward to produce the next layer's inputs.
+        """
+        self._check_tokens(tokens)
+        self._check_state(state_end, tokens.shape[0])
+        x1 = x2 = self.embed(tokens)
+        starts = []
+        for block, S_end in zip(self.blocks, state_end.layers):
+            x_mem = x2 if self.config.reversible else x1
+            S0 = block.memory.rewind(block.norm_m(x_mem), S_end)
+            starts.append(S0)
+            if self.config.reversible:
+                x1, x2, _ = block.forward_rev(x1, x2, S0)
+            else:
+                x1, _ = block(x1, S0)
+                x2 = x1
+        return State(starts)
+
+    def _check_tokens(self, tokens) -> None:
+        if not torch.is_tensor(tokens):
+            raise TypeError(f"tokens must be a torch.Tensor of shape (B, T), got {type(tokens).__name__}")
+        if tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
+            raise TypeError(f"tokens must be an integer tensor (torch.long), got dtype {tokens.dtype}")
+        if tokens.dim() != 2:
+            raise ValueError(f"tokens must have shape (B, T), got shape {tuple(tokens.shape)}")
+        if tokens.shape[0] == 0 or tokens.shape[1] == 0:
+            raise ValueError(f"tokens must hold at least one row and one position, got shape {tuple(tokens.shape)}")
+        lo, hi = int(tokens.min()), int(tokens.max())
+        V = self.config.vocab_size
+        if lo < 0 or hi >= V:
+            bad = lo if lo < 0 else hi
+            pos = tuple(int(i) for i in (tokens == bad).nonzero()[0])
+            raise ValueError(f"token id {bad} at position {pos} is out of range [0, {V}) (vocab_size={V})")
+
+    def _check_state(self, state: State, batch_size: int) -> State:
+        if not isinstance(state, State):
+            raise TypeError(f"state must be a plasticlm.State, got {type(state).__name__}")
+        c = self.config
+        if len(state.layers) != c.n_layers:
+            raise ValueError(f"state has {len(state.layers)} layers, the model has n_layers={c.n_layers}")
+        want = (batch_size, c.n_heads, c.k_dim, c.v_dim)
+        for i, s in enumerate(state.layers):
+            if tuple(s.shape) != want:
+                raise ValueError(f"state layer {i} has shape {tuple(s.shape)}, expected (B, H, K, V) = {want}")
+            if not s.is_floating_point():
+                raise TypeError(f"state layer {i} must be floating point, got dtype {s.dtype}")
+        return state

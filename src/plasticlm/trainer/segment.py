@@ -1,0 +1,128 @@
+"""Exact, constant-memory backpropagation through time (DESIGN section 2).
+
+A (B, T) batch is cut into segments of L tokens. A forward sweep without a graph keeps only
+the recurrent state at each segment boundary; a backward sweep, last segment first,
+recomputes one segment with a graph from its start state and backpropagates its share of the
+loss together with the gradient that reaches its final state from the segments after it.
+Loss and gradients equal those of full-sequence autograd; activation memory is one
+segment's, plus the boundary states.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..state import State
+
+
+def _check_batch(model, tokens, targets, weights, segment_len):
+    if not isinstance(segment_len, int) or isinstance(segment_len, bool) or segment_len < 1:
+        raise ValueError(f"segment_len must be a positive integer, got {segment_len!r}")
+    model._check_tokens(tokens)
+    if not torch.is_tensor(targets) or targets.shape != tokens.shape:
+        raise ValueError(f"targets must be a tensor of the tokens' shape {tuple(tokens.shape)}, "
+                         f"got {tuple(getattr(targets, 'shape', ()))}")
+    if targets.dtype.is_floating_point or targets.dtype == torch.bool:
+        raise TypeError(f"targets must be an integer tensor, got dtype {targets.dtype}")
+    if weights is None:
+        weights = torch.ones(tokens.shape, device=tokens.device)
+    elif not torch.is_tensor(weights) or weights.shape != tokens.shape:
+        raise ValueError(f"weights must be a tensor of the tokens' shape {tuple(tokens.shape)}, "
+                         f"got {tuple(getattr(weights, 'shape', ()))}")
+    V = model.config.vocab_size
+    bad = (weights != 0) & ((targets < 0) | (targets >= V))
+    if bad.any():
+        pos = tuple(int(i) for i in bad.nonzero()[0])
+        raise ValueError(f"target id {int(targets[pos])} at position {pos} is out of range [0, {V}) "
+                         "and has a nonzero weight")
+    total = weights.sum()
+    if not total > 0:
+        raise ValueError(f"the weights must sum to a positive number, got {float(total)}")
+    return weights, total
+
+
+def segment_loss(logits, targets, weights, total):
+    """sum_t w_t * CE_t / total, in at least float32 whatever the logits' dtype."""
+    ce = F.cross_entropy(logits.flatten(0, 1).to(torch.promote_types(logits.dtype, torch.float32)), targets.clamp(0, logits.shape[-1] - 1).flatten(),
+                         reduction="none")
+    return (ce * weights.flatten().to(ce.dtype)).sum() / total
+
+
+def segment_backward(model, tokens, targets, segment_len: int, weights=None, state: State | None = None, *,
+                     storage: str = "device", reverse_every: int = 0, return_state: bool = False):
+    """Exact segment-wise BPTT of the weighted next-token loss; gradients are left in ``.grad``.
+
+    Args:
+        model: a PlasticLM.
+        tokens, targets: (B, T) integer tensors.
+        segment_len: L, the tokens per row recomputed with a graph at a time; need not divide T.
+        weights: (B, T) per-token loss weights (0 for padding), or None for ones. The loss is
+            normalised by their sum over the whole batch.
+        state: start state; if its tensors require grad, their gradient is accumulated in ``.grad``.
+        storage: where boundary states wait for the backward sweep: "device" or "host"
+            (CPU memory, pinned when the model is on CUDA).
+        reverse_every: 0 keeps every boundary state (exact). K > 0 keeps one in K and recovers
+            the others by inverting the recurrence (``model.rewind``); the drift this adds is
+            measured by ``benchmarks/time_reversal.py``.
+        return_state: also return the final state (detached), to carry into the next batch.
+    Returns:
+        the loss (a detached scalar), or (loss, final_state) with ``return_state``.
+    """
+    weights, total = _check_batch(model, tokens, targets, weights, segment_len)
+    if storage not in ("device", "host"):
+        raise ValueError(f"storage must be 'device' or 'host', got {storage!r}")
+    if not isinstance(reverse_every, int) or reverse_every < 0:
+        raise ValueError(f"reverse_every must be an integer >= 0, got {reverse_every!r}")
+    B, T = tokens.shape
+    bounds = [(s, min(s + segment_len, T)) for s in range(0, T, segment_len)]
+    start = model.init_state(B) if state is None else model._check_state(state, B)
+    init_grad = state is not None and any(s.requires_grad for s in state.layers)
+    device = start.layers[0].device
+
+    def keep(i):
+        return reverse_every == 0 or i % reverse_every == 0
+
+    def stash(S: State) -> State:
+        if storage == "device":
+            return S
+        pin = device.type == "cuda"
+        return State([s.to("cpu", non_blocking=pin).pin_memory() if pin else s.clone() for s in S.layers])
+
+    # Forward sweep: no graph, only boundary states.
+    boundary: list[State | None] = [None] * len(bounds)
+    with torch.no_grad():
+        S = start.detach()
+        for i, (a, b) in enumerate(bounds):
+            if keep(i):
+                boundary[i] = stash(S)
+            _, S = model.hidden(tokens[:, a:b], S)
+    final = S
+
+    # Backward sweep: one segment with a graph at a time, last first.
+    loss = 0.0
+    d_state = None  # gradient reaching the end of the current segment from the later ones
+    S_end = final
+    for i in reversed(range(len(bounds))):
+        a, b = bounds[i]
+        if boundary[i] is not None:
+            S_in = boundary[i].to(device, non_blocking=True)
+            boundary[i] = None
+        else:
+            S_in = model.rewind(tokens[:, a:b], S_end)
+        need = i > 0 or init_grad
+        S_in_g = State([s.detach().requires_grad_(need) for s in S_in.layers])
+        logits, S_out = model(tokens[:, a:b], S_in_g)
+        seg = segment_loss(logits, targets[:, a:b], weights[:, a:b], total)
+        outs, grads = [seg], [None]
+        if d_state is not None:
+            outs += S_out.layers
+            grads += d_state
+        torch.autograd.backward(outs, grads)
+        loss = loss + seg.detach()
+        d_state = [torch.zeros_like(s) if s.grad is None else s.grad for s in S_in_g.layers] if need else None
+        S_end = S_in
+    if init_grad:
+        for s, g in zip(state.layers, d_state):
+            if s.requires_grad:
+                s.grad = g if s.grad is None else s.grad + g
+    return (loss, final.detach()) if return_state else loss
