@@ -42,7 +42,7 @@ class ModelConfig:
     init_std: float = 0.02
     """Standard deviation of the weight initialisation."""
     chunk_size: int = 64
-    """Chunk length of the chunkwise-parallel memory path."""
+    """Chunk length of the chunkwise-parallel memory path (a power of two)."""
     mode: str = "auto"
     """Memory execution path: 'auto' (fla kernel on CUDA when installed, else chunk), 'chunk',
     'naive', 'kernel'."""
@@ -56,6 +56,7 @@ class ModelConfig:
         if self.head_dim == 0:
             _require(self, "d_model", self.d_model % self.n_heads == 0,
                      f"divisible by n_heads={self.n_heads} when head_dim is 0")
+        _require(self, "chunk_size", self.chunk_size & (self.chunk_size - 1) == 0, "a power of two")
         _require(self, "memory", self.memory in MEMORIES, f"one of {MEMORIES}")
         _require(self, "mode", self.mode in MODES, f"one of {MODES}")
         _require(self, "reversible", isinstance(self.reversible, bool), "a bool")

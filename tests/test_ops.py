@@ -1,0 +1,111 @@
+"""The memory recurrence: chunk vs the naive token loop, in float64, on every output and gradient."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from plasticlm import gated_average, gated_decay
+from plasticlm.ops import chunk_recurrence
+
+
+def rel(a, b):
+    return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()
+
+
+def make_inputs(B, T, H, K, V, dtype=torch.float64, seed=0, gate_scale=3.0):
+    g = torch.Generator().manual_seed(seed)
+    q, k = (torch.randn(B, T, H, K, generator=g, dtype=dtype) for _ in range(2))
+    v = torch.randn(B, T, H, V, generator=g, dtype=dtype)
+    # Gates from strong decay to almost 1, so both the short and the long memories are exercised.
+    log_a = F.logsigmoid(torch.randn(B, T, H, K, generator=g, dtype=dtype) * gate_scale + 1)
+    h0 = torch.randn(B, H, K, V, generator=g, dtype=dtype)
+    return [x.requires_grad_() for x in (q, k, v, log_a, h0)]
+
+
+def outputs_and_grads(fn, inputs, mode, chunk_size, seed=1):
+    o, S = fn(*inputs, mode=mode, chunk_size=chunk_size)
+    g = torch.Generator().manual_seed(seed)
+    do = torch.randn(o.shape, generator=g, dtype=o.dtype)
+    dS = torch.randn(S.shape, generator=g, dtype=S.dtype)
+    grads = torch.autograd.grad((o * do).sum() + (S * dS).sum(), inputs)
+    return (o, S, *grads)
+
+
+NAMES = ["o", "final_state", "dq", "dk", "dv", "dlog_a", "dinitial_state"]
+
+
+@pytest.mark.parametrize("fn", [gated_average, gated_decay], ids=["average", "decay"])
+@pytest.mark.parametrize("T,chunk", [(1, 16), (63, 16), (63, 64), (200, 32), (200, 64), (200, 128), (63, 1)],
+                         ids=lambda x: str(x))
+def test_chunk_matches_naive_float64(fn, T, chunk):
+    inputs = make_inputs(2, T, 3, 5, 4)
+    ref = outputs_and_grads(fn, inputs, "naive", chunk)
+    out = outputs_and_grads(fn, inputs, "chunk", chunk)
+    for name, a, b in zip(NAMES, out, ref):
+        assert torch.isfinite(a).all(), name
+        assert rel(a, b) < 1e-10, (name, rel(a, b))
+
+
+def test_without_initial_state_equals_zero_state():
+    q, k, v, log_a, h0 = make_inputs(1, 37, 2, 4, 3)
+    for mode in ("naive", "chunk"):
+        o1, S1 = gated_average(q, k, v, log_a, None, mode=mode, chunk_size=16)
+        o2, S2 = gated_average(q, k, v, log_a, torch.zeros_like(h0), mode=mode, chunk_size=16)
+        assert torch.equal(o1, o2) and torch.equal(S1, S2)
+
+
+def test_definition_by_hand():
+    """One head, one channel: the gated average is an exponential moving average of k v."""
+    a = torch.tensor([0.5, 0.25, 0.9], dtype=torch.float64)
+    k = torch.tensor([1.0, 2.0, -1.0], dtype=torch.float64)
+    v = torch.tensor([3.0, -1.0, 2.0], dtype=torch.float64)
+    S, expect = 0.0, []
+    for t in range(3):
+        S = a[t] * S + (1 - a[t]) * k[t] * v[t]
+        expect.append(2.0 * S)  # q = 2
+    view = lambda x: x.view(1, 3, 1, 1)
+    for mode in ("naive", "chunk"):
+        o, Sf = gated_average(view(torch.full((3,), 2.0, dtype=torch.float64)), view(k), view(v), view(a.log()),
+                              mode=mode, chunk_size=2)
+        assert torch.allclose(o.flatten(), torch.tensor(expect, dtype=torch.float64), rtol=1e-14)
+        assert math.isclose(Sf.item(), S, rel_tol=1e-14)
+
+
+def test_chunk_strong_decay_stays_finite_float32():
+    """Gates near 0 would overflow exp(-cumsum) in a naive factorisation; the chunk path must not."""
+    q, k, v, _, h0 = make_inputs(1, 300, 2, 8, 8, dtype=torch.float32)
+    log_a = torch.full_like(q, -40.0)
+    o_ref, S_ref = gated_average(q, k, v, log_a, h0, mode="naive")
+    o, S = gated_average(q, k, v, log_a, h0, mode="chunk", chunk_size=64)
+    assert torch.isfinite(o).all() and torch.isfinite(S).all()
+    assert rel(o, o_ref) < 1e-5 and rel(S, S_ref) < 1e-5
+
+
+def test_chunk_rejects_non_power_of_two():
+    q, k, v, log_a, _ = make_inputs(1, 10, 1, 2, 2)
+    with pytest.raises(ValueError, match="power of two, got 24"):
+        chunk_recurrence(q, k, v, log_a, chunk_size=24)
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(q=torch.randn(2, 5, 3)), "q must have rank 4"),
+    (dict(k=torch.randn(2, 5, 3, 6)), "q, k and log_a must share shape"),
+    (dict(v=torch.randn(2, 4, 3, 4)), "v must have shape"),
+    (dict(initial_state=torch.randn(2, 3, 4, 5)), r"initial_state must have shape \(B, H, K, V\) = \(2, 3, 4, 4\)"),
+    (dict(mode="fast"), "mode must be one of"),
+    (dict(q=torch.ones(2, 5, 3, 4, dtype=torch.long)), "q must be a floating-point tensor"),
+])
+def test_bad_input(bad, match):
+    args = dict(q=torch.randn(2, 5, 3, 4), k=torch.randn(2, 5, 3, 4), v=torch.randn(2, 5, 3, 4),
+                log_a=-torch.rand(2, 5, 3, 4), initial_state=None, mode="chunk")
+    args.update(bad)
+    with pytest.raises((ValueError, TypeError), match=match):
+        gated_average(**args)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
+def test_kernel_mode_without_cuda_says_how():
+    q, k, v, log_a, _ = make_inputs(1, 8, 1, 4, 4, dtype=torch.float32)
+    with pytest.raises(RuntimeError, match="flash-linear-attention|CUDA"):
+        gated_average(q, k, v, log_a, mode="kernel")
