@@ -3,8 +3,8 @@
 For each corpus size, a fresh `plasticlm read` process reads a JSONL corpus (documents from the
 builtin stdlib-docstring corpus, repeated to size) with a tiny byte-level model on CPU. The peak
 resident set size comes from the kernel's accounting for that one child (os.wait4's ru_maxrss);
-RSS is also sampled from /proc while it runs, to show the curve within a run. One more run reads
-the largest size as a single text file (one document, read in blocks).
+RSS is also sampled from /proc while it runs, to show the curve within a run. Two more runs read
+the smallest and the largest size as a single text file (one document, read in blocks).
 
     python benchmarks/read_memory.py                       # sizes 125k .. 2M tokens, ~10 min on 2 cores
     python benchmarks/read_memory.py --sizes 20000 200000  # quick look
@@ -125,7 +125,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         ckpt = make_checkpoint(tmp / "ckpt")
-        jobs = [(n, False) for n in sorted(args.sizes)] + [(max(args.sizes), True)]
+        jobs = [(n, False) for n in sorted(args.sizes)] + [(min(args.sizes), True), (max(args.sizes), True)]
         for n, single in jobs:
             corpus = tmp / ("corpus.txt" if single else "corpus.jsonl")
             exact = make_corpus(corpus, n, single_file=single)
@@ -145,7 +145,7 @@ def main() -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({**meta, "runs": runs}, indent=1))
-    small = min(runs, key=lambda r: r["tokens"])
+    small = runs[0]
     lines = ["# Peak memory of `plasticlm read` against tokens read", "",
              *(f"- {k}: {v}" for k, v in meta.items()), "",
              "| tokens read | input | documents | peak RSS (MiB) | vs smallest (MiB) | tokens/s |",

@@ -285,3 +285,19 @@ def test_state_object_api(reader, ckpt):
     assert rs.model_id == Reader.load(ckpt).model_id and len(rs.model_id) == 16
     assert rs.vocab_size == 272 and rs.tokenizer_hash == reader.tokenizer_hash
     assert "tokens in 6 documents" in rs.describe()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_reading_on_gpu(ckpt, tmp_path):
+    """On CUDA: resumed = one go exactly; a state read on the GPU loads and continues on the CPU."""
+    gpu = Reader.load(ckpt, device="cuda", piece=16)
+    one_go = gpu.read(DOCS)
+    gpu.read(DOCS[:2]).save(tmp_path / "a.state")
+    resumed = gpu.read(DOCS[2:], gpu.load_state(tmp_path / "a.state"))
+    assert_same_state(resumed, one_go)
+    one_go.save(tmp_path / "gpu.state")
+    cpu = Reader.load(ckpt, piece=16)
+    on_cpu = cpu.load_state(tmp_path / "gpu.state")
+    for a, b in zip(on_cpu.state.layers, cpu.read(DOCS).state.layers):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -221,3 +222,18 @@ def test_interactive_keeps_the_state_between_turns(ckpt, corpus, tmp_path, capsy
     assert same(reader.load_state(tmp_path / "turn1.state"), first.state)
     assert same(reader.load_state(tmp_path / "reset.state"), reader.load_state(s))
     assert "unknown command /bogus" in captured.err and "/read needs an argument" in captured.err
+
+
+def test_readme_python_example_runs(ckpt, tmp_path, monkeypatch):
+    (tmp_path / "docs").mkdir()
+    for i, text in enumerate(DOCS):
+        (tmp_path / "docs" / f"{i}.txt").write_text(text, encoding="utf-8")
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Reading and generation"):]
+    code = section[section.index("```python") + len("```python"):]
+    code = code[:code.index("```")]
+    code = (code.replace('"runs/tiny"', repr(str(ckpt))).replace('"/usr/share/common-licenses"', repr(str(tmp_path / "docs")))
+            .replace("max_new_tokens=100", "max_new_tokens=10"))
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {})
+    assert (tmp_path / "licenses.state").exists()

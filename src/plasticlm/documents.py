@@ -30,7 +30,7 @@ class Corpus:
     """
 
     def __init__(self, inputs: Iterable[str | Path], field: str = "text", glob: str = "*",
-                 skip_documents: int = 0, block_chars: int = 1 << 20):
+                 skip_documents: int = 0, block_chars: int = 1 << 16):
         self.field, self.skip_documents, self.block_chars = field, skip_documents, block_chars
         self.skipped: dict[str, list[str]] = {}
         self.files: list[tuple[Path | None, bool]] = []  # (path or None for stdin, found in a folder)

@@ -283,10 +283,12 @@ class Reader:
     def _feed(self, rs: ReadState, ids: list[int]) -> None:
         rs.pending += ids
         rs.tokens += len(ids)
-        while len(rs.pending) > rs.piece:  # '>' keeps one token back for the next-token logits
-            x = torch.tensor(rs.pending[:rs.piece], device=self.device).unsqueeze(0)  # (1, piece)
-            _, rs.state = self.model.hidden(x, rs.state)
-            del rs.pending[:rs.piece]
+        n = (len(rs.pending) - 1) // rs.piece  # whole pieces that can go; one token always stays back
+        if n:
+            pieces = torch.tensor(rs.pending[:n * rs.piece], device=self.device).view(n, 1, rs.piece)
+            for x in pieces:  # (1, piece)
+                _, rs.state = self.model.hidden(x, rs.state)
+            del rs.pending[:n * rs.piece]
 
     # --- generation -------------------------------------------------------------------------
     def generate(self, prompt: str, state: ReadState | None = None, sampling: Sampling | None = None,
