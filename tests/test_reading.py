@@ -24,15 +24,6 @@ def tiny_model(seed: int = 0, vocab_size: int = 272) -> PlasticLM:
                                  chunk_size=16)).eval()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on a shared machine spinning threads cost seconds."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     d = tmp_path_factory.mktemp("ckpt")

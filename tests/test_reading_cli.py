@@ -22,14 +22,6 @@ DOCS = ["The cat sat on the mat.\n" * 5, "Ünïcödé ✓ — 日本語のテキ
         "short", "Another document about reading and memory.\n" * 2]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def make_ckpt(path, seed=0):
     torch.manual_seed(seed)
     model = PlasticLM(ModelConfig(vocab_size=272, d_model=32, n_layers=2, n_heads=2, init_std=0.3, chunk_size=16))

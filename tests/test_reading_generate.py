@@ -14,14 +14,6 @@ DOCS = ["The cat sat on the mat.\n" * 5, "Ünïcödé ✓ — 日本語のテキ
 GREEDY = Sampling(temperature=0, max_new_tokens=24)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny_model(seed: int = 0) -> PlasticLM:
     torch.manual_seed(seed)
     return PlasticLM(ModelConfig(vocab_size=272, d_model=32, n_layers=2, n_heads=2, init_std=0.3,

@@ -1,0 +1,154 @@
+"""Peak training memory against sequence length: exact segment BPTT vs full-graph autograd.
+
+Each configuration runs in a fresh subprocess, so one run's allocations cannot hide another's.
+Memory is the peak resident set (CPU, ru_maxrss) or torch.cuda.max_memory_allocated (GPU),
+minus what the process held after building model and optimizer; the boundary states that the
+segment trainer keeps are reported separately (they are the only part that grows with T).
+
+    python benchmarks/memory_flat.py --preset tiny --device cpu            # T = 4k, 16k, 64k
+    python benchmarks/memory_flat.py --preset base --device cuda           # T = 8k ... 1M, ~110M params
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PRESETS = {
+    # name: model config, B, segment length, sequence lengths, full-graph lengths (beyond them it cannot fit)
+    "tiny": dict(model=dict(vocab_size=272, d_model=128, n_layers=4, n_heads=4), B=4, L=256,
+                 T=[4096, 16384, 65536], full_T=[4096, 16384]),
+    "base": dict(model=dict(vocab_size=32000, d_model=768, n_layers=12, n_heads=12, ffn_hidden=2048), B=8, L=4096,
+                 T=[8192, 32768, 131072, 1048576], full_T=[8192, 32768, 131072]),
+}
+
+
+def worker(args) -> dict:
+    import torch
+
+    from plasticlm import ModelConfig, PlasticLM, segment_backward
+    from plasticlm.trainer.segment import segment_loss
+
+    p = PRESETS[args.preset]
+    dev = torch.device(args.device)
+    torch.manual_seed(0)
+    model = PlasticLM(ModelConfig(**p["model"], reversible=args.reversible)).to(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=dev.type == "cuda")
+    B, L, T = p["B"], p["L"], args.T
+    tokens = torch.randint(0, model.config.vocab_size, (B, T + 1), device=dev)
+    x, y = tokens[:, :-1], tokens[:, 1:]
+    amp = torch.autocast("cuda", torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
+
+    def step():
+        with amp:
+            if args.kind == "segment":
+                segment_backward(model, x, y, L, storage=args.storage)
+            else:
+                logits, _ = model(x)
+                segment_loss(logits, y, torch.ones_like(y, dtype=torch.float32), float(y.numel())).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    def used():
+        if dev.type == "cuda":
+            return torch.cuda.max_memory_allocated(dev)
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    step()  # optimizer state exists from here on: it belongs to the baseline, not to T
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+    else:
+        base = used()
+    t0 = time.perf_counter()
+    step()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    state_bytes = sum(s.numel() * s.element_size() for s in model.init_state(B).layers)
+    n_seg = -(-T // L)
+    return {"kind": args.kind, "T": T, "B": B, "L": L, "reversible": args.reversible, "storage": args.storage,
+            "params": model.num_params(), "peak_bytes": used(), "baseline_bytes": base,
+            "boundary_state_bytes": n_seg * state_bytes if args.kind == "segment" else 0,
+            "step_seconds": dt, "tok_s": B * T / dt}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--storage", choices=["device", "host"], default="device")
+    ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--kind", default="segment", help=argparse.SUPPRESS)
+    ap.add_argument("--T", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--reversible", type=int, default=1, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        args.reversible = bool(args.reversible)
+        print(json.dumps(worker(args)))
+        return
+
+    p = PRESETS[args.preset]
+    runs = [("segment", T, 1) for T in p["T"]] + [("segment", T, 0) for T in p["T"][:1]] + \
+           [("full", T, 1) for T in p["full_T"]]
+    rows = []
+    for kind, T, rev in runs:
+        cmd = [sys.executable, __file__, "--worker", "--preset", args.preset, "--device", args.device,
+               "--storage", args.storage, "--kind", kind, "--T", str(T), "--reversible", str(rev)]
+        print("+", " ".join(cmd[1:]), flush=True)
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            oom = "out of memory" in r.stderr.lower() or r.returncode in (-9, 137)
+            rows.append({"kind": kind, "T": T, "reversible": bool(rev), "error": "out of memory" if oom else
+                         r.stderr.strip().splitlines()[-1][:200]})
+        else:
+            rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
+        print(json.dumps(rows[-1]), flush=True)
+
+    import torch
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else \
+        f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
+    date = datetime.date.today().isoformat()
+    command = f"python benchmarks/memory_flat.py --preset {args.preset} --device {args.device} --storage {args.storage}"
+    mib = 2 ** 20
+    lines = [f"# Peak training memory vs sequence length ({args.preset}, {device}, {date})", "",
+             f"- command: `{command}`", f"- commit: {commit}", f"- torch {torch.__version__}",
+             f"- memory: {'torch.cuda.max_memory_allocated' if args.device.startswith('cuda') else 'peak RSS'} "
+             "during one optimizer step, minus the process's memory after a first step (model, optimizer state, data)",
+             "", "| trainer | blocks | T | B x L | peak above baseline (MiB) | boundary states (MiB) | tokens/s |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['kind']} | {'rev' if r['reversible'] else 'plain'} | {r['T']:,} | | {r['error']} | | |")
+            continue
+        lines.append(f"| {r['kind']} | {'rev' if r['reversible'] else 'plain'} | {r['T']:,} | {r['B']} x "
+                     f"{r['L'] if r['kind'] == 'segment' else r['T']} | {(r['peak_bytes'] - r['baseline_bytes']) / mib:,.0f} | "
+                     f"{r['boundary_state_bytes'] / mib:,.1f} | {r['tok_s']:,.0f} |")
+    seg = [r for r in rows if r.get("kind") == "segment" and r.get("reversible") and "error" not in r]
+    if len(seg) >= 2:
+        lo, hi = seg[0], seg[-1]
+        ratio = (hi["peak_bytes"] - hi["baseline_bytes"]) / max(1, lo["peak_bytes"] - lo["baseline_bytes"])
+        lines += ["", f"Peak at T={hi['T']:,} / peak at T={lo['T']:,} (segment trainer, reversible, above baseline): "
+                  f"{ratio:.2f}x; boundary states grow from {lo['boundary_state_bytes'] / mib:.1f} to "
+                  f"{hi['boundary_state_bytes'] / mib:.1f} MiB."]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tag = "cpu" if not args.device.startswith("cuda") else device.replace(" ", "_")
+    (out / f"memory_flat-{args.preset}-{tag}-{date}.json").write_text(json.dumps(
+        {"command": command, "commit": commit, "device": device, "date": date, "rows": rows}, indent=1))
+    (out / f"memory_flat-{args.preset}-{tag}-{date}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
