@@ -38,5 +38,9 @@ def prepared(tmp_path_factory, paragraphs, bpe):
     return d / "out"
 
 
-def token_docs(bpe, paragraphs, n=400) -> list[np.ndarray]:
-    return [np.asarray(x, dtype=np.int64) for x in bpe.encode_batch(paragraphs[:n])]
+@pytest.fixture(scope="session")
+def token_docs(bpe, paragraphs):
+    """``token_docs(start, stop)``: paragraphs[start:stop] encoded, as int64 arrays."""
+    def make(start: int, stop: int) -> list[np.ndarray]:
+        return [np.asarray(x, dtype=np.int64) for x in bpe.encode_batch(paragraphs[start:stop])]
+    return make

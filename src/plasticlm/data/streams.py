@@ -366,7 +366,7 @@ class ShuffledStream(_LaneStream):
     def __init__(self, docs: Sequence[np.ndarray], cfg: ShuffledConfig, stats, *, rank: int = 0,
                  world_size: int = 1) -> None:
         super().__init__(cfg, pad=stats.special_ids["[PAD]"], rank=rank, world_size=world_size)
-        self.stats = stats
+        self.vocab_stats = stats
         self.bos, self.eos = stats.special_ids["[BOS]"], stats.special_ids["[EOS]"]
         self._n_docs = len(docs)
         self.skips = SkipLog()
@@ -386,7 +386,7 @@ class ShuffledStream(_LaneStream):
         from .shuffled import VocabShuffle
 
         c = self.cfg
-        return VocabShuffle(self.stats, [c.seed, g], fission=c.fission, fusion=c.fusion, pool=c.pool)
+        return VocabShuffle(self.vocab_stats, [c.seed, g], fission=c.fission, fusion=c.fusion, pool=c.pool)
 
     def original_text(self, g: int) -> np.ndarray:
         """The holdout text of sequence ``g`` in the original language (documents joined by [EOS])."""
