@@ -3,7 +3,8 @@
 ``plasticlm build-corpus OUT`` (see ``/work/shared/DATA.md`` for the measured sources) writes
 
     en.jsonl      English: man pages, sections 1-8, without the near-duplicate ``gcloud_*`` pages
-    de.jsonl      German: the German man pages (package manpages-de), English paragraphs dropped
+    de.jsonl      German: the German man pages (package manpages-de), English paragraphs and the
+                  translators' credits (the closing ÜBERSETZUNG section) dropped
     en-de.jsonl   English-German pairs {id, en, de, source}: gettext catalogs of the German
                   locale, and paragraph pairs of man pages that exist in both languages
     graph.jsonl   linked articles {id, text, cites}: English pages citing the pages named in
@@ -47,6 +48,7 @@ GROFF = ["groff", "-k", "-t", "-e", "-Tutf8", "-man", "-rHY=0", "-rLL=80n"]
 _PAGE_FILE = re.compile(r"^(?P<name>.+)\.(?P<section>[1-9][a-z0-9]*)(?:\.gz)?$")
 _REF = re.compile(r"([A-Za-z_][A-Za-z0-9_.:+-]*)\s?\(([1-9][a-z0-9]*)\)")
 SEE_ALSO = {"SEE ALSO", "SIEHE AUCH"}
+TRANSLATION_CREDITS = "ÜBERSETZUNG"
 
 # Short function words: a paragraph with more English than German ones is English.
 _EN_WORDS = set("the and is of to a in for with this that be are or by on not it if as from an".split())
@@ -178,6 +180,11 @@ def is_english(paragraph: str) -> bool:
     en = sum(w in _EN_WORDS for w in words)
     de = sum(w in _DE_WORDS for w in words)
     return en > de and en >= 2
+
+
+def german_words(text: str) -> int:
+    """German function words in ``text``: a page of headings and option names has next to none."""
+    return sum(w in _DE_WORDS for w in re.findall(r"[a-zäöüß]+", text.lower()))
 
 
 def n_words(text: str) -> int:
@@ -367,9 +374,11 @@ def build_offline(out_dir: str | Path, cfg: BuildConfig = BuildConfig(), *, inst
         log.warning("no German man pages at %s (install %s, or pass install=True)", cfg.de_root, DEBIAN_PACKAGES)
     de = render_all(de_pages, cfg.workers, "render de", progress, skips) if de_pages else {}
     for pid, (paras, _) in de.items():
+        if TRANSLATION_CREDITS in paras:  # translators' credits close every German page: boilerplate
+            paras = paras[:paras.index(TRANSLATION_CREDITS)]
         german = [p for p in paras if not is_english(p)]
         n_en_paras += len(paras) - len(german)
-        if len(german) < cfg.min_paragraphs:
+        if len(german) < cfg.min_paragraphs or german_words(" ".join(german)) < 5:
             skips.skip("German page with too little German text", pid)
             continue
         de_docs.append({"id": pid, "text": "\n\n".join(german)})
