@@ -39,7 +39,7 @@ def measure(stats, text, ref, seed, fission, fusion, pool):
     assert np.array_equal(lang.invert(y), text)
     return {"global": attack_recovery(lang, text, frequency_attack(y, ref)),
             "by_category": attack_recovery(lang, text, frequency_attack(y, ref, stats.categories)),
-            "split": lang.n_split, "fused": lang.n_fused, "length_ratio": len(y) / len(text)}
+            "split": lang.n_split, "fused": lang.n_fused, "room": lang.n_room, "length_ratio": len(y) / len(text)}
 
 
 def main(argv=None) -> int:
@@ -100,11 +100,12 @@ def main(argv=None) -> int:
              f"of {args.min_tokens:,} holdout tokens ({meta['splits']['holdout']['tokens']:,} holdout tokens); "
              f"{args.seeds} seeds (mean ± std); fission/fusion drawn from the {args.pool:,} most frequent tokens/pairs.",
              "", "Recovery = share of original tokens the attacker reads right.", "",
-             "| language | recovered (global rank) | recovered (rank within category) | split tokens | fused pairs | length ratio |",
+             "| language | recovered (global rank) | recovered (rank within category) | split tokens (+ rare, for room) | fused pairs | length ratio |",
              "|---|---:|---:|---:|---:|---:|"]
     for name, r in rows.items():
         lines.append(f"| {name} | {r['global']['mean']:.2%} ± {r['global']['std']:.2%} | "
-                     f"{r['by_category']['mean']:.2%} ± {r['by_category']['std']:.2%} | {r['split']['mean']:.0f} | "
+                     f"{r['by_category']['mean']:.2%} ± {r['by_category']['std']:.2%} | {r['split']['mean']:.0f} "
+                     f"(+ {r['room']['mean']:.0f}) | "
                      f"{r['fused']['mean']:.0f} | {r['length_ratio']['mean']:.3f} |")
     (out / "frequency_attack.md").write_text("\n".join(lines) + "\n")
     try:

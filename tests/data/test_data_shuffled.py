@@ -36,7 +36,11 @@ def test_invert_is_exact_over_many_seeds(stats, text, seed, fission, fusion, dat
 
 def test_language_structure(stats, text):
     lang = VocabShuffle(stats, 7, fission=0.3, fusion=0.3, pool=500)
-    assert lang.n_split == 150 and lang.n_fused > 50
+    assert lang.n_split == 150 and lang.n_fused == 150
+    # Fusion alone splits rare tokens to make room for the fused pairs' ids.
+    fusion_only = VocabShuffle(stats, 7, fission=0.0, fusion=0.2, pool=500)
+    assert fusion_only.n_split == 0 and fusion_only.n_fused == 100 and fusion_only.n_room > 100
+    assert np.array_equal(fusion_only.invert(fusion_only.apply(text)), text)
     cats = stats.categories
     specials = np.flatnonzero(cats == SPECIAL)
     assert np.array_equal(lang.single[specials], specials)  # specials untouched

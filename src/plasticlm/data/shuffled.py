@@ -10,9 +10,10 @@ vocabulary's categories and frequencies (:class:`VocabStats`); ``seed`` fixes it
   ``(p, q)``. The prefix ids ``p`` (a few per category, shared by many split tokens) never stand
   alone, so the code stays prefix-free: whenever ``p`` is read, the next id completes the unit.
 - **Fusion**: ``fusion * pool`` pairs, drawn from the ``pool`` most frequent adjacent pairs, are
-  written with one id each (greedily, left to right). The ids of split tokens are what frees
-  room for prefixes and fused pairs, so the number of fused pairs is at most the number of split
-  tokens minus the prefixes (``n_fused`` says how many it got).
+  written with one id each (greedily, left to right). Only split tokens free ids (for prefixes
+  and fused pairs); where the frequent split tokens free too few, the rarest tokens of the
+  category are split as well to make room (``n_room`` of them; ``n_fused`` says how many pairs
+  were fused, which falls short of the share asked only in a tiny vocabulary).
 
 Both change the unigram frequencies the new ids show (a prefix's count is the sum of its tokens'
 counts, a fused pair takes counts from both members), which is what defeats a frequency-analysis
@@ -31,6 +32,7 @@ Interface used by the pretraining stream, the evaluation suite and the AUNN comp
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -95,9 +97,25 @@ class VocabShuffle:
         self._by_freq = by_freq[cats[by_freq] != SPECIAL]  # non-special ids, most frequent first
 
         candidates = self._by_freq[:pool]
-        split = np.sort(rng.choice(candidates, round(fission * len(candidates)), replace=False))
+        fissioned = rng.choice(candidates, round(fission * len(candidates)), replace=False)
+        top_pairs = stats.pairs[:pool]
+        chosen = np.sort(rng.choice(len(top_pairs), min(len(top_pairs), round(fusion * pool)), replace=False))
+        fuse_pairs = [(int(top_pairs[i, 0]), int(top_pairs[i, 1])) for i in chosen]
         is_split = np.zeros(V, dtype=bool)
-        is_split[split] = True
+        is_split[fissioned] = True
+        # A fused pair needs an id of its own, and only split tokens free ids. Where the frequent
+        # tokens split above free too few, the rarest tokens of the category are split as well:
+        # their two-id codes cost next to nothing and barely move any frequency rank.
+        for c, k in Counter(int(cats[x]) for x, _ in fuse_pairs).items():
+            ids_c = np.flatnonzero(cats == c)
+            rare = ids_c[np.argsort(stats.counts[ids_c], kind="stable")]
+            rare = rare[~is_split[rare]]
+            have, extra = int(is_split[ids_c].sum()), 0
+            while have + extra - math.ceil(prefix_share * (have + extra)) < k and extra < len(rare) // 2:
+                extra += 1
+            is_split[rare[:extra]] = True
+        split = np.flatnonzero(is_split)
+        self.n_split, self.n_room = len(fissioned), len(split) - len(fissioned)
 
         # Code tables: a token's code is single[t], or (first[t], second[t]) when split.
         self.single = np.full(V, -1, dtype=np.int64)
@@ -144,18 +162,14 @@ class VocabShuffle:
                 self.first[members], self.second[members] = p, qs
                 fission_keys.append(p * V + qs)
                 fission_tokens.append(members)
-        self.n_split = len(split)
         fk = np.concatenate(fission_keys) if fission_keys else np.zeros(0, dtype=np.int64)
         ft = np.concatenate(fission_tokens) if fission_tokens else np.zeros(0, dtype=np.int64)
         order = np.argsort(fk)
         self._fission_keys, self._fission_tokens = fk[order], ft[order]
 
-        # Fusion: a random share of the most frequent pairs, each given a freed id of its first token's category.
-        top_pairs = stats.pairs[:pool]
-        chosen = np.sort(rng.choice(len(top_pairs), min(len(top_pairs), round(fusion * pool)), replace=False))
+        # Fusion: each chosen pair gets a freed id of its first token's category.
         fuse_keys, fuse_ids, fused = [], [], []
-        for i in chosen:
-            x, y = (int(v) for v in top_pairs[i])
+        for x, y in fuse_pairs:
             free = free_of.get(cats[x], [])
             if free:
                 z = int(free.pop())
@@ -279,7 +293,8 @@ class VocabShuffle:
         return [int(self.seed)] if np.isscalar(self.seed) else [int(s) for s in self.seed]
 
     def __repr__(self) -> str:
-        return f"VocabShuffle(V={self.V}, seed={self.seed}, split={self.n_split}, fused={self.n_fused})"
+        return (f"VocabShuffle(V={self.V}, seed={self.seed}, split={self.n_split}, fused={self.n_fused}, "
+                f"room={self.n_room})")
 
 
 # ---- the frequency-analysis attack (benchmarks/frequency_attack.py) ----------------------------
