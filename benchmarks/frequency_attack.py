@@ -84,7 +84,7 @@ def main(argv=None) -> int:
         print(f"{name:32} global {rows[name]['global']['mean']:.4f}  by category {rows[name]['by_category']['mean']:.4f}")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=Path(__file__).parent).stdout.strip()
-    result = {"date": time.strftime("%Y-%m-%d"), "command": "python " + " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+    result = {"date": time.strftime("%Y-%m-%d"), "command": "python " + " ".join(sys.argv),
               "commit": commit, "device": f"CPU ({platform.processor() or platform.machine()}), {platform.system()}",
               "corpus": args.corpus, "splits": meta["splits"], "vocab_size": args.vocab_size,
               "min_tokens": args.min_tokens, "seeds": args.seeds, "pool": args.pool,

@@ -70,3 +70,25 @@ def test_prepare_cli_trains_a_tokenizer_and_reports_sizes(tmp_path, paragraphs):
     assert meta["vocab_size"] == 600
     assert sum(v["documents"] for v in meta["splits"].values()) > 500
     assert np.all(TokenShard(tmp_path / "out", "valid").lengths > 0)
+
+
+def test_prepared_graph_resolves_duplicates_and_other_splits(tmp_path, bpe):
+    from plasticlm.data.linked import LinkedGraph
+
+    pages = [{"id": f"p{i}", "text": f"page number {i} " * 5, "cites": [f"p{(i + 1) % 40}", "copy"]} for i in range(40)]
+    pages.append({"id": "copy", "text": pages[0]["text"], "cites": []})  # an exact duplicate of p0
+    (tmp_path / "g.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pages))
+    bpe.save(tmp_path / "t.json")
+    meta = prepare(str(tmp_path / "g.jsonl"), tmp_path / "out", tokenizer=str(tmp_path / "t.json"), progress=False,
+                   fractions={"train": 0.5, "holdout": 0.5})
+    assert meta["aliases"] == {"copy": "p0"}
+    for split in ("train", "holdout"):
+        g = LinkedGraph.from_prepared(tmp_path / "out", split)
+        here = set(g.ids)
+        assert "copy" not in here and g.n_dangling == 0  # "copy" stands for p0; nothing dangles
+        targets = [t for p in pages[:40] if p["id"] in here for t in (f"p{(int(p['id'][1:]) + 1) % 40}", "p0")]
+        assert g.skips.counts["citation of a page in another split"] == sum(t not in here for t in targets)
+        if "p0" in here:
+            p0 = g.ids.index("p0")
+            assert all(p0 in c for i, c in enumerate(g.cites) if i != p0)
+            assert g.n_self == 1  # p0 cites "copy", i.e. itself

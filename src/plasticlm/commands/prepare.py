@@ -59,15 +59,12 @@ def run(args) -> int:
     skipped = meta["skipped"]
     print("skipped: " + (", ".join(f"{r}: {v['count']} (e.g. {v['examples'][0]})" for r, v in skipped.items())
                          or "nothing"))
-    from ..data.shards import TokenShard, load_prepared
+    from ..data.shards import TokenShard
 
-    shard = TokenShard(args.out_dir, "train")
-    if any(shard.cites):
+    if any(TokenShard(args.out_dir, "train").cites):
         from ..data.linked import LinkedGraph
 
-        _, tok = load_prepared(args.out_dir)
-        graph = LinkedGraph.build(shard.ids, shard, shard.cites)
-        r = graph.sequence_report(args.linked_min_tokens)
+        r = LinkedGraph.from_prepared(args.out_dir, "train").sequence_report(args.linked_min_tokens)
         print(f"linked (train split): {r['pages']} pages, {r['citations']} citations; walks of >= "
               f"{r['min_tokens']:,} tokens: {r['sequences']} sequences, {r['roots_too_short']} roots too short; "
               f"tokens per sequence {r['tokens_per_sequence']}")

@@ -34,9 +34,12 @@ class LinkedGraph:
 
     @classmethod
     def build(cls, ids: Sequence[str], tokens: Sequence[np.ndarray], cites: Sequence[Sequence[str]],
-              outside: set[str] | frozenset = frozenset(), skips: SkipLog | None = None) -> "LinkedGraph":
-        """Resolve citation ids to indices. ``outside``: ids that exist in another split."""
+              outside: set[str] | frozenset = frozenset(), skips: SkipLog | None = None,
+              aliases: dict[str, str] | None = None) -> "LinkedGraph":
+        """Resolve citation ids to indices. ``outside``: ids that exist in another split;
+        ``aliases``: id -> id it stands for (a dropped duplicate -> the page kept)."""
         skips = skips if skips is not None else SkipLog()
+        aliases = aliases or {}
         index: dict[str, int] = {}
         keep: list[int] = []
         for i, pid in enumerate(ids):
@@ -49,6 +52,7 @@ class LinkedGraph:
         for i in keep:
             out = []
             for c in cites[i]:
+                c = aliases.get(c, c)
                 j = index.get(c)
                 if j is None:
                     if c in outside:
@@ -71,6 +75,21 @@ class LinkedGraph:
         enc = tokenizer.encode_batch if hasattr(tokenizer, "encode_batch") else (lambda ts: [tokenizer.encode(t) for t in ts])
         tokens = [np.asarray(t, dtype=np.int64) for t in enc([d.text for d in docs])]
         return cls.build([d.id for d in docs], tokens, [d.cites for d in docs], skips=skips)
+
+    @classmethod
+    def from_prepared(cls, directory, split: str = "train") -> "LinkedGraph":
+        """The graph of one split of a directory written by ``plasticlm prepare``: citations of
+        pages in other splits are dropped and counted as such, not as dangling."""
+        from .corpus import SPLITS
+        from .shards import TokenShard, read_meta
+
+        meta = read_meta(directory)
+        shard = TokenShard(directory, split)
+        outside = set()
+        for other in SPLITS:
+            if other != split:
+                outside.update(TokenShard(directory, other).ids)
+        return cls.build(shard.ids, shard, shard.cites, outside=outside, aliases=meta.get("aliases", {}))
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -7,7 +7,8 @@ A prepared directory holds, per split (train, valid, test, holdout):
     {split}.docs.jsonl one line per document: {"id": ..., "cites": [...]} (cites for graphs)
 
 plus ``tokenizer.json`` and ``meta.json`` (sizes per split in documents, tokens and bytes, the
-skip report, the split fractions, the source). ``meta.json`` is written last, after every other
+skip report, the split fractions, the source, and ``aliases``: the id of each exact duplicate
+dropped -> the id of the document kept, so that citations of a duplicate still resolve). ``meta.json`` is written last, after every other
 file has been renamed into place, so a directory with a ``meta.json`` is complete.
 
 An English-German pair is stored as one document, ``en [SEP] de``.
@@ -119,7 +120,8 @@ def write_shards(docs: Iterable[Document], tok: Tokenizer, out_dir: str | os.Pat
     records = {s: open(out / f"{s}.docs.jsonl.tmp", "w", encoding="utf-8") for s in SPLITS}
     offsets = {s: [0] for s in SPLITS}
     sizes = {s: {"documents": 0, "tokens": 0, "bytes": 0} for s in SPLITS}
-    seen: set[float] = set()
+    seen: dict[float, str] = {}  # content hash -> id of the document kept
+    aliases: dict[str, str] = {}  # id of a dropped duplicate -> id of the kept document
     bar = tqdm(desc="encode", unit="doc", disable=not progress, dynamic_ncols=True)
 
     def flush(batch: list[Document]) -> None:
@@ -147,8 +149,9 @@ def write_shards(docs: Iterable[Document], tok: Tokenizer, out_dir: str | os.Pat
             key = doc_hash(d.text + "\x00" + (d.translation or ""))
             if key in seen:
                 skips.skip("duplicate document", d.id)
+                aliases[d.id] = seen[key]
                 continue
-            seen.add(key)
+            seen[key] = d.id
             batch.append(d)
             if len(batch) == batch_docs:
                 flush(batch)
@@ -167,7 +170,7 @@ def write_shards(docs: Iterable[Document], tok: Tokenizer, out_dir: str | os.Pat
     tok.save(out / "tokenizer.json")
     meta = {"format": FORMAT, "tokenizer": "tokenizer.json", "vocab_size": tok.vocab_size,
             "dtype": np.dtype(dtype).name, "fractions": fractions, "splits": sizes,
-            "skipped": skips.report(), **(extra_meta or {})}
+            "skipped": skips.report(), "aliases": aliases, **(extra_meta or {})}
     text = json.dumps(meta, indent=1)
     atomic_write(out / "meta.json", lambda tmp: tmp.write_text(text))
     return meta

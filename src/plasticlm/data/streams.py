@@ -474,11 +474,7 @@ def build_stream(kind: str, *, data, tokenizer=None, split: str | None = None, r
         return TraditionalStream(shard, cfg, bos=sp["[BOS]"], eos=sp["[EOS]"], pad=sp["[PAD]"],
                                  rank=rank, world_size=world_size)
     if kind == "linked":
-        outside = set()
-        for other in SPLITS:
-            if other != split:
-                outside.update(TokenShard(path, other).ids)
-        graph = LinkedGraph.build(shard.ids, shard, shard.cites, outside=outside)
+        graph = LinkedGraph.from_prepared(path, split)
         return LinkedStream(graph, cfg, bos=sp["[BOS]"], eos=sp["[EOS]"], pad=sp["[PAD]"],
                             rank=rank, world_size=world_size)
     if stats is None:

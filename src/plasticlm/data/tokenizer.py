@@ -13,6 +13,7 @@ permutes within (special, word-initial, continuation, digit/punctuation, other b
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -35,6 +36,7 @@ def _require_tokenizers():
     return tokenizers
 
 
+@functools.lru_cache(maxsize=1)
 def _byte_decoder() -> dict[str, int]:
     """The ByteLevel pre-tokenizer's printable stand-in for each byte (GPT-2's table), inverted."""
     printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
