@@ -46,7 +46,7 @@ def test_bad_single_files_name_the_file(tmp_path):
     with pytest.raises(ValueError, match="empty.txt: empty file"):
         _docs(tmp_path / "empty.txt")
     (tmp_path / "latin1.txt").write_bytes("caf\xe9 ok".encode("latin-1"))
-    with pytest.raises(ValueError, match=r"latin1.txt: invalid UTF-8 at byte 3 \(line 1\)"):
+    with pytest.raises(ValueError, match=r"latin1.txt: invalid UTF-8 \(byte 3, line 1: invalid continuation"):
         _docs(tmp_path / "latin1.txt")
     (tmp_path / "blob.bin").write_bytes(bytes(range(256)) * 4)
     with pytest.raises(ValueError, match="blob.bin: binary file"):
@@ -77,6 +77,7 @@ def test_folder_counts_and_logs_every_skip(tmp_path, caplog):
                                     "unsupported file type '.png'": 1, "invalid JSON line": 1,
                                     "record without a text field 'text'": 1, "record is not a JSON object": 1})
     assert skips.examples["invalid JSON line"][0].startswith(str(d / "rows.jsonl") + ":2")
+    assert skips.examples["invalid UTF-8"] == [f"{d / 'latin1.txt'} (byte 3, line 1: unexpected end of data)"]
     logged = caplog.text
     for name in ("empty.txt", "latin1.txt", "binary.txt", "image.png", "rows.jsonl:2", "rows.jsonl:3"):
         assert name in logged

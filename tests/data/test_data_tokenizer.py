@@ -62,3 +62,13 @@ def test_categories(bpe):
     assert (cats[:len(SPECIAL_TOKENS)] == 0).all() and (cats[len(SPECIAL_TOKENS):] != 0).all()
     counts = np.bincount(cats, minlength=5)
     assert counts[WORD_INITIAL] > 100 and counts[CONTINUATION] > 100 and counts[DIGIT_PUNCT] > 10
+
+
+def test_saved_and_loaded_with_the_run(bpe, tmp_path):
+    from plasticlm import ModelConfig, PlasticLM
+    from plasticlm.checkpoint import load_model, save_model
+
+    model = PlasticLM(ModelConfig(vocab_size=bpe.vocab_size, d_model=32, n_layers=1, n_heads=2))
+    save_model(tmp_path / "run", model, bpe)
+    _, tok, _ = load_model(tmp_path / "run")
+    assert isinstance(tok, BPETokenizer) and tok.encode(TEXTS[2]) == bpe.encode(TEXTS[2])

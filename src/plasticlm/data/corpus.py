@@ -106,18 +106,26 @@ def split_of(doc: Document, fractions: dict[str, float] = DEFAULT_FRACTIONS) -> 
 
 
 # ---- local files ---------------------------------------------------------------------------
+class BadFile(ValueError):
+    """A file that cannot be read as a corpus; the message names it, ``reason`` counts it."""
+
+    def __init__(self, path: Path, reason: str, detail: str = "") -> None:
+        super().__init__(f"{path}: {reason}" + (f" ({detail})" if detail else ""))
+        self.path, self.reason, self.detail = path, reason, detail
+
+
 def _read_text(path: Path) -> str:
     """The file as UTF-8 text; ValueError naming the file when it is empty, binary or not UTF-8."""
     data = path.read_bytes()
     if not data.strip():
-        raise ValueError(f"{path}: empty file")
+        raise BadFile(path, "empty file")
     if b"\x00" in data[:8192]:
-        raise ValueError(f"{path}: binary file (NUL bytes), not text")
+        raise BadFile(path, "binary file", "NUL bytes, not text")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
-        raise ValueError(f"{path}: invalid UTF-8 at byte {e.start} (line {line}): {e.reason}") from None
+        raise BadFile(path, "invalid UTF-8", f"byte {e.start}, line {line}: {e.reason}") from None
 
 
 def _text_documents(path: Path, text: str, unit: str, name: str) -> Iterator[Document]:
@@ -183,10 +191,10 @@ def _parquet_documents(path: Path, name: str, text_field: str, skips: SkipLog) -
     try:
         pf = pq.ParquetFile(path)
     except Exception as e:  # pyarrow raises ArrowInvalid and friends on a damaged file
-        raise ValueError(f"{path}: not a readable Parquet file ({e})") from None
+        raise BadFile(path, "not a readable Parquet file", str(e)) from None
     cols = pf.schema_arrow.names
     if text_field not in cols and not {"en", "de"} <= set(cols):
-        raise ValueError(f"{path}: no column {text_field!r} (columns: {cols}); pass --text-field")
+        raise BadFile(path, f"no column {text_field!r}", f"columns: {cols}; pass --text-field")
     row = 0
     for batch in pf.iter_batches(batch_size=4096):
         for obj in batch.to_pylist():
@@ -221,9 +229,8 @@ def _folder_documents(root: Path, unit: str, text_field: str, skips: SkipLog) ->
             for doc in _file_documents(f, name, unit, text_field, skips):
                 found += 1
                 yield doc
-        except ValueError as e:  # an unusable file inside a folder is a counted skip, not the end
-            reason = str(e).split(": ", 1)[1] if ": " in str(e) else str(e)
-            skips.skip(reason.split(" at byte")[0].split(" (")[0], str(f))
+        except BadFile as e:  # an unusable file inside a folder is a counted skip, not the end
+            skips.skip(e.reason, f"{f} ({e.detail})" if e.detail else str(f))
     if found == 0:
         raise ValueError(f"{root}: no documents found ({len(files)} files; {skips.summary()})")
 

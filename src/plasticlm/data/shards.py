@@ -197,7 +197,8 @@ def prepare(source: str, out_dir: str | os.PathLike, *, tokenizer: str | None = 
                     yield d.text
                     if d.translation is not None:
                         yield d.translation
-        tok = BPETokenizer.train(train_texts(), vocab_size=vocab_size, progress=progress)
+        texts = tqdm(train_texts(), desc="read for BPE", unit="text", disable=not progress, dynamic_ncols=True)
+        tok = BPETokenizer.train(texts, vocab_size=vocab_size)
         skips = SkipLog()  # the encoding pass below meets (and counts) the same skips again
     meta = write_shards(docs(), tok, out_dir, fractions=fractions, skips=skips, progress=progress,
                         extra_meta={"source": str(source), "unit": unit})
