@@ -7,6 +7,8 @@ import sys
 
 # Modules that define a subcommand, in the order `plasticlm --help` lists them.
 COMMANDS = [
+    "plasticlm.commands.build_corpus",
+    "plasticlm.commands.prepare",
     "plasticlm.commands.train",
     "plasticlm.commands.read",
     "plasticlm.commands.generate",
