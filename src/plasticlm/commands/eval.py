@@ -1,0 +1,118 @@
+"""plasticlm eval CHECKPOINT --suite NAME[,NAME...] [suite.field=value ...]"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+SUITE_HELP = ("perplexity (token/word perplexity, bits per byte, loss vs position), probes (template and "
+              "drift plasticity probes), qa (read-then-ask SQuAD), oneshot (new language vs dynamic "
+              "evaluation), bleu (English->German, sacrebleu), listops (LRA ListOps), mqar (associative "
+              "recall); 'all' runs every suite")
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "eval", help="evaluate a checkpoint: perplexity, plasticity probes, QA, one-shot language, BLEU, long-range",
+        description="Run evaluation suites on a checkpoint and write one JSON (config, commit, device, seed, "
+                    "results) plus PNG plots into --out. Suites: " + SUITE_HELP + ". Settings are overridden "
+                    "as suite.field=value, right after CHECKPOINT or after --set anywhere, e.g. `plasticlm eval "
+                    "runs/tiny perplexity.max_docs=50 --suite perplexity,qa --set qa.source=squad.json`. Offline, the hub-backed suites need a local "
+                    "file (qa.source=PATH, bleu.source=PATH) or the shipped samples (=sample).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("checkpoint", help="checkpoint directory (model.safetensors + tokenizer.json)")
+    p.add_argument("overrides", nargs="*", metavar="suite.field=value", help="suite settings")
+    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="suite.field=value",
+                   help="more suite settings (may follow other options)")
+    p.add_argument("--suite", default="perplexity", help="comma-separated suite names, or 'all'")
+    p.add_argument("--preset", default="full", choices=["full", "smoke"],
+                   help="sizes: 'full' (the published protocols; GPU) or 'smoke' (seconds on CPU)")
+    p.add_argument("--out", default=None, help="output directory (default: CHECKPOINT/eval)")
+    p.add_argument("--seed", type=int, default=0, help="seed of all data generation and baselines")
+    p.add_argument("--device", default="auto", help="'auto' (cuda when available), 'cpu', 'cuda', 'cuda:1', ...")
+    p.add_argument("--tokenizer", default=None, help="tokenizer.json to use instead of the checkpoint's")
+    p.add_argument("--no-controls", action="store_true", help="skip the untrained-model controls of the probes")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
+    p.set_defaults(func=run)
+
+
+def load_lm(checkpoint: str, device: str, tokenizer_path: str | None = None):
+    """(LM, tokenizer, checkpoint info, untrained factory) for a plasticlm checkpoint directory."""
+    import torch
+
+    from ..checkpoint import load_model
+    from ..eval.common import check_vocab
+    from ..lm import PlasticLMAsLM
+    from ..model import PlasticLM
+    from ..tokenizer import load_tokenizer
+
+    model, tok, meta = load_model(checkpoint, device)
+    if tokenizer_path:
+        tok = load_tokenizer(tokenizer_path)
+    lm = PlasticLMAsLM(model)
+    check_vocab(lm, tok, f"checkpoint {checkpoint}" + (f" with tokenizer {tokenizer_path}" if tokenizer_path else ""))
+
+    def untrained():
+        torch.manual_seed(0)
+        u = PlasticLMAsLM(PlasticLM(model.config).to(device).eval())
+        u.name = "untrained"
+        return u
+
+    info = {"path": str(checkpoint), "model_id": meta.get("model_id"), "config": model.config.to_dict(),
+            "params": model.num_params()}
+    return lm, tok, info, untrained
+
+
+def headline(name: str, r: dict) -> str:
+    f = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
+    if name == "perplexity":
+        return (f"token ppl {f(r['token_perplexity'])}, bits/byte {f(r['bits_per_byte'])}, word ppl "
+                f"{f(r['word_perplexity'])} over {r['n_docs']} documents")
+    if name == "qa":
+        return ", ".join(f"{o} EM {f(v['exact_match'])} F1 {f(v['f1'])}" for o, v in r["orders"].items())
+    if name == "bleu":
+        return (f"BLEU {f(r['model']['bleu'])} chrF {f(r['model']['chrf'])} (copy {f(r['copy_source']['bleu'])}, "
+                f"random {f(r['random']['bleu'])})")
+    if name == "oneshot":
+        last = {m: list(c.values())[-1]["bits_per_byte"] for m, c in r["curves"].items()}
+        return (f"bits/byte no reading {f(r['no_reading']['bits_per_byte'])}, after {r['tokens_read']} tokens: "
+                + ", ".join(f"{m} {f(v)}" for m, v in last.items()))
+    if name == "listops":
+        return f"accuracy {f(r['accuracy'])} (before training {f(r['accuracy_before_training'])}, majority {f(r['majority_class'])})"
+    if name == "mqar":
+        return f"accuracy {r['accuracy']} with {r['state_size']:,} state scalars"
+    if name == "probes":
+        parts = []
+        for probe, v in r.items():
+            if probe != "plots":
+                last = {k: list(c.values())[-1]["match_rate"] for k, c in v["curves"].items()}
+                parts.append(f"{probe} final match rate " + ", ".join(f"{k} {f(x)}" for k, x in last.items()))
+        return "; ".join(parts)
+    return ""
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from ..eval import Context, evaluate, parse_suites
+    from ..eval.registry import make_config
+
+    args.overrides = list(args.overrides) + list(args.set)
+    suites = parse_suites(args.suite)
+    for s in suites:  # reject bad settings before loading anything
+        make_config(s, args.preset, args.overrides)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    lm, tok, info, untrained = load_lm(args.checkpoint, device, args.tokenizer)
+    out = Path(args.out) if args.out else Path(args.checkpoint) / "eval"
+    ctx = Context(lm=lm, tokenizer=tok, seed=args.seed, out_dir=out, progress=not args.no_progress,
+                  untrained=None if args.no_controls else untrained)
+    command = ["plasticlm"] + sys.argv[1:] if sys.argv[1:2] == ["eval"] else ["plasticlm", "eval", args.checkpoint]
+    try:
+        doc = evaluate(ctx, suites, args.preset, args.overrides, out / "results.json", command, info)
+    except ImportError as e:  # an optional package a suite needs: say which extra installs it
+        raise ValueError(str(e)) from e
+    for name, s in doc["suites"].items():
+        print(f"{name}: {headline(name, s['results'])} ({s['seconds']:.0f}s)")
+    print(f"results: {out / 'results.json'}")
+    return 0

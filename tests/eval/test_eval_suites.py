@@ -1,0 +1,99 @@
+"""Every suite runs end to end, with the same code, on plasticlm and on an unrelated LM."""
+import json
+import time
+
+import pytest
+import torch
+
+from conftest import UnigramLM, untrained_plastic
+from plasticlm.eval import Context, evaluate
+from plasticlm.eval.adapt import DynamicEval, finetune, restored, trainable
+from plasticlm.eval.registry import SUITES, make_config
+
+TINY = ["probes.held_out=2", "probes.max_dialogues=2", "probes.max_occurrences=2", "probes.pre_sentences=2",
+        "qa.max_questions=2", "qa.max_answer_tokens=4", "bleu.max_sentences=2", "bleu.max_new_tokens=6",
+        "oneshot.tokens_read=256", "oneshot.eval_tokens=64", "oneshot.first_checkpoint=128",
+        "listops.test_examples=8", "listops.steps=2", "listops.batch_size=4", "mqar.test_examples=4",
+        "mqar.steps=2", "mqar.batch_size=4", "perplexity.max_docs=3", "perplexity.max_doc_tokens=100"]
+
+
+@pytest.mark.parametrize("name", ["bigram", "plasticlm"])
+def test_every_suite_runs_on_both_lms(name, tok, bigram, plastic, tmp_path):
+    lm = {"bigram": bigram, "plasticlm": plastic}[name]
+    before = {k: v.clone() for k, v in trainable(lm).module.state_dict().items()}
+    untrained = untrained_plastic if name == "plasticlm" else (lambda: UnigramLM({}))
+    ctx = Context(lm=lm, tokenizer=tok, seed=0, out_dir=tmp_path, progress=False, untrained=untrained)
+    doc = evaluate(ctx, list(SUITES), "smoke", TINY, tmp_path / "r.json")
+    saved = json.loads((tmp_path / "r.json").read_text())
+    assert set(saved["suites"]) == set(SUITES)
+    for suite, entry in saved["suites"].items():
+        assert entry["config"] and entry["results"]["plots"], suite
+        for png in entry["results"]["plots"]:
+            assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
+    r = doc["suites"]
+    assert r["perplexity"]["results"]["bits_per_byte"] > 0
+    assert set(r["qa"]["results"]["orders"]) == {"read_first", "question_first", "read_twice", "no_context"}
+    assert set(r["probes"]["results"]["template"]["curves"]) == {"model/stream", "model/shuffled",
+                                                                 "untrained/stream", "untrained/shuffled"}
+    assert set(r["oneshot"]["results"]["curves"]) == {"read", "dynamic"}
+    assert r["mqar"]["results"]["state_size"] > 0
+    # Fine-tuning and dynamic evaluation left the weights as they were.
+    for k, v in trainable(lm).module.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_reading_changes_predictions_of_the_cache_lm(tok, bigram, tmp_path):
+    """The probes measure an effect where there is one: the cache LM, reading the template, puts more
+    probability on the template's reply than on the shuffled control."""
+    ctx = Context(lm=bigram, tokenizer=tok, out_dir=tmp_path, progress=False)
+    cfg = make_config("probes", overrides={"probes.probes": ["template"], "probes.max_dialogues": 32,
+                                           "probes.held_out": 4})
+    from plasticlm.eval import probes
+
+    res = probes.run(ctx, cfg)["template"]["curves"]
+    lp = {k: v[32]["logp_per_token"] for k, v in res.items()}
+    assert lp["model/stream"] > res["model/stream"][0]["logp_per_token"]
+
+
+@pytest.mark.parametrize("name", ["bigram", "plasticlm"])
+def test_dynamic_evaluation(name, tok, bigram, plastic):
+    lm = {"bigram": bigram, "plasticlm": plastic}[name]
+    ids = torch.tensor([list(b"dynamic evaluation adapts the weights to the text it reads. " * 2)])
+    x, y = ids[:, :-1], ids[:, 1:]
+    module = trainable(lm).module
+    w0 = [p.detach().clone() for p in module.parameters()]
+    # lr 0, decay 0: the same scores as reading with the LM's own score.
+    with restored(module):
+        nll0, _ = DynamicEval(lm, 0.0, 0.0, segment=16).read(x, y, lm.init_state(1))
+    ref = -lm.score(x, lm.init_state(1))[0].gather(-1, y.unsqueeze(-1)).squeeze(-1).double()
+    torch.testing.assert_close(nll0, ref, rtol=1e-5, atol=1e-5)
+    with restored(module):
+        nll1, _ = DynamicEval(lm, {"bigram": 0.5, "plasticlm": 0.1}[name], 0.0, segment=16).read(x, y, lm.init_state(1))
+        assert any(not torch.equal(p, q) for p, q in zip(module.parameters(), w0))
+        # The first segment is scored before any update; later ones after: the repeat is learned.
+        torch.testing.assert_close(nll1[:, :16], nll0[:, :16], rtol=1e-5, atol=1e-5)
+        assert nll1[:, 60:].mean() < nll0[:, 60:].mean()
+    assert all(torch.equal(p, q) for p, q in zip(module.parameters(), w0))
+
+
+def test_dynamic_decay_pulls_back_to_the_original_weights(bigram):
+    module = trainable(bigram).module
+    w0 = module.logits.detach().clone()
+    x = torch.tensor([list(b"abababababababab")])
+    with restored(module):
+        dyn = DynamicEval(bigram, 0.0, 0.5, segment=4)
+        with torch.no_grad():
+            module.logits.add_(1.0)  # as if earlier steps had moved the weights
+        dyn.read(x[:, :-1], x[:, 1:], bigram.init_state(1))  # 4 segments, no gradient step, decay 0.5 each
+        torch.testing.assert_close(module.logits, w0 + 0.5 ** 4)
+
+
+def test_finetune_learns_and_needs_a_module(bigram):
+    x = torch.tensor([list(b"xyxyxyxyxy")])
+    y = torch.full_like(x, -100)
+    y[0, ::2] = ord("q")  # after every x comes q, which the bigram never saw
+    with restored(trainable(bigram).module):
+        losses = finetune(bigram, lambda s: (x, y), steps=20, lr=0.1)
+    assert losses[-1] < losses[0] - 1
+    with pytest.raises(TypeError, match="unigram.*no torch module"):
+        trainable(UnigramLM({}))
