@@ -4,7 +4,6 @@ import sys
 import types
 
 import pytest
-import torch
 
 from conftest import V
 from plasticlm import ModelConfig, PlasticLM
@@ -31,6 +30,8 @@ def test_eval_all_suites_on_a_tiny_checkpoint(checkpoint, tmp_path, capsys):
     assert len(pngs) >= len(SUITES) and all((out / p).exists() for p in pngs)
     printed = capsys.readouterr().out
     assert "perplexity: token ppl" in printed and "results:" in printed
+    md = (out / "results.md").read_text()
+    assert doc["commit"] in md and "| perplexity | token ppl" in md and "![probes]" in md
 
 
 def run_err(args, capsys):
@@ -109,3 +110,14 @@ def test_help_lists_the_suites(capsys):
         main(["eval", "--help"])
     out = capsys.readouterr().out
     assert all(name in out for name in SUITES)
+
+
+def test_settings_are_type_checked():
+    from plasticlm.eval.registry import make_config
+
+    assert make_config("listops", overrides=["listops.lr=1"]).lr == 1.0  # an int may stand for a float
+    for bad in ("qa.max_questions=many", "qa.orders=read_first", "oneshot.dynamic=3", "perplexity.piece=1.5"):
+        with pytest.raises(ValueError, match="expected"):
+            make_config(bad.split(".")[0], overrides=[bad])
+    with pytest.raises(ValueError, match="suite.field=value"):
+        make_config("qa", overrides=["max_questions=3"])

@@ -6,7 +6,6 @@ import torch
 
 from conftest import UnigramLM
 from plasticlm.eval import harness
-from plasticlm.eval.common import read
 
 
 class Req:

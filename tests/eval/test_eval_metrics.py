@@ -2,9 +2,8 @@
 import math
 
 import pytest
-import torch
 
-from conftest import BigramCacheLM, UnigramLM
+from conftest import UnigramLM
 from plasticlm.eval import Context
 from plasticlm.eval import perplexity as ppl
 from plasticlm.eval import qa

@@ -3,7 +3,6 @@ import re
 from collections import Counter
 
 import pytest
-import torch
 
 from plasticlm.eval import listops, mqar, oneshot, probes
 from plasticlm.eval.registry import make_config

@@ -1,6 +1,5 @@
 """Every suite runs end to end, with the same code, on plasticlm and on an unrelated LM."""
 import json
-import time
 
 import pytest
 import torch
@@ -97,3 +96,54 @@ def test_finetune_learns_and_needs_a_module(bigram):
     assert losses[-1] < losses[0] - 1
     with pytest.raises(TypeError, match="unigram.*no torch module"):
         trainable(UnigramLM({}))
+
+
+class MirrorBytes:
+    """A new language for the tests: byte b becomes 255 - b; control tokens stay. Its ``rosetta``
+    returns a ready header (a token list), the other form the oneshot suite accepts."""
+
+    def __init__(self, sep: int):
+        self.sep = sep
+
+    def apply(self, ids):
+        return [255 - i if i < 256 else i for i in ids]
+
+    def invert(self, ids):
+        return self.apply(ids)
+
+    def rosetta(self, n=2000, top=10000):
+        out = []
+        for b in list(b"etaoinshrdlu ")[:n]:
+            out += [b, self.sep, 255 - b, self.sep]
+        return out
+
+
+def test_oneshot_on_a_language_given_by_the_caller(tok, bigram, tmp_path):
+    from plasticlm.eval import oneshot
+
+    lang = MirrorBytes(tok.token_id("[SEP]"))
+    assert lang.invert(lang.apply(list(range(272)))) == list(range(272))
+    ctx = Context(lm=bigram, tokenizer=tok, out_dir=tmp_path, progress=False, extras={"language": lang})
+    cfg = make_config("oneshot", "smoke", ["oneshot.tokens_read=2048", "oneshot.eval_tokens=256"])
+    res = oneshot.run(ctx, cfg)
+    assert res["language"] == "MirrorBytes" and res["header_tokens"] == 4 * 13
+    read = res["curves"]["read"]
+    assert list(read) == [0, 256, 512, 1024, 2048]
+    # The cache LM learns the new language's unigram statistics by reading: bits per byte fall.
+    assert read[2048]["bits_per_byte"] < read[0]["bits_per_byte"] - 0.1
+    assert res["original_language"]["bits_per_byte"] < res["no_reading"]["bits_per_byte"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_every_suite_runs_on_cuda(tok, tmp_path):
+    from conftest import tiny_config
+    from plasticlm import PlasticLM
+    from plasticlm.lm import PlasticLMAsLM
+
+    torch.manual_seed(0)
+    lm = PlasticLMAsLM(PlasticLM(tiny_config()).cuda().eval())
+    ctx = Context(lm=lm, tokenizer=tok, out_dir=tmp_path, progress=False)
+    doc = evaluate(ctx, list(SUITES), "smoke", TINY, tmp_path / "r.json")
+    assert doc["device"].startswith("cuda") and set(doc["suites"]) == set(SUITES)
+    assert doc["suites"]["perplexity"]["results"]["bits_per_byte"] > 0

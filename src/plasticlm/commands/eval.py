@@ -62,34 +62,6 @@ def load_lm(checkpoint: str, device: str, tokenizer_path: str | None = None):
     return lm, tok, info, untrained
 
 
-def headline(name: str, r: dict) -> str:
-    f = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
-    if name == "perplexity":
-        return (f"token ppl {f(r['token_perplexity'])}, bits/byte {f(r['bits_per_byte'])}, word ppl "
-                f"{f(r['word_perplexity'])} over {r['n_docs']} documents")
-    if name == "qa":
-        return ", ".join(f"{o} EM {f(v['exact_match'])} F1 {f(v['f1'])}" for o, v in r["orders"].items())
-    if name == "bleu":
-        return (f"BLEU {f(r['model']['bleu'])} chrF {f(r['model']['chrf'])} (copy {f(r['copy_source']['bleu'])}, "
-                f"random {f(r['random']['bleu'])})")
-    if name == "oneshot":
-        last = {m: list(c.values())[-1]["bits_per_byte"] for m, c in r["curves"].items()}
-        return (f"bits/byte no reading {f(r['no_reading']['bits_per_byte'])}, after {r['tokens_read']} tokens: "
-                + ", ".join(f"{m} {f(v)}" for m, v in last.items()))
-    if name == "listops":
-        return f"accuracy {f(r['accuracy'])} (before training {f(r['accuracy_before_training'])}, majority {f(r['majority_class'])})"
-    if name == "mqar":
-        return f"accuracy {r['accuracy']} with {r['state_size']:,} state scalars"
-    if name == "probes":
-        parts = []
-        for probe, v in r.items():
-            if probe != "plots":
-                last = {k: list(c.values())[-1]["match_rate"] for k, c in v["curves"].items()}
-                parts.append(f"{probe} final match rate " + ", ".join(f"{k} {f(x)}" for k, x in last.items()))
-        return "; ".join(parts)
-    return ""
-
-
 def run(args) -> int:
     from pathlib import Path
 
@@ -97,6 +69,7 @@ def run(args) -> int:
 
     from ..eval import Context, evaluate, parse_suites
     from ..eval.registry import make_config
+    from ..eval.results import headline
 
     args.overrides = list(args.overrides) + list(args.set)
     suites = parse_suites(args.suite)
@@ -114,5 +87,5 @@ def run(args) -> int:
         raise ValueError(str(e)) from e
     for name, s in doc["suites"].items():
         print(f"{name}: {headline(name, s['results'])} ({s['seconds']:.0f}s)")
-    print(f"results: {out / 'results.json'}")
+    print(f"results: {out / 'results.json'} and {out / 'results.md'}")
     return 0

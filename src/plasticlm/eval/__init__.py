@@ -29,7 +29,8 @@ __all__ = ["Context", "SUITES", "PRESETS", "evaluate", "make_config", "parse_sui
 def evaluate(ctx: Context, suites: list[str], preset: str = "full", overrides: list[str] | None = None,
              out_json: Path | None = None, command: list[str] | None = None,
              checkpoint: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run ``suites`` in order; the JSON is rewritten after each one, so a crash keeps what finished."""
+    """Run ``suites`` in order; the JSON (and a markdown summary beside it) is rewritten after each
+    suite, so a crash keeps what finished."""
     configs = {name: make_config(name, preset, overrides) for name in parse_suites(",".join(suites))}
     out_json = Path(out_json) if out_json else ctx.out_dir / "results.json"
     doc = results.header(command or [], ctx.lm.device, ctx.seed, checkpoint or {})
@@ -41,4 +42,6 @@ def evaluate(ctx: Context, suites: list[str], preset: str = "full", overrides: l
         doc["suites"][name] = {"config": config_dict(cfg), "seconds": round(time.perf_counter() - t0, 2),
                                "results": res}
         results.write(out_json, doc)
+        text = results.markdown(doc)
+        results.atomic_write(out_json.with_suffix(".md"), lambda p, t=text: Path(p).write_text(t))
     return doc

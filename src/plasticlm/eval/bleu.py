@@ -18,7 +18,7 @@ from .common import copy_state, encode, generate_until, read, special
 from .qa import newline_ids
 from .registry import Context
 from .text import SourceUnavailable
-from .results import line_plot
+from .results import bar_plot
 
 NAME = "bleu"
 SAMPLE = Path(__file__).parent / "data" / "en_de_sample.tsv"
@@ -118,7 +118,7 @@ def run(ctx: Context, cfg: Config) -> dict:
            "random": sacre(random_baseline(sources, vocab, ctx.seed), refs),
            "examples": [{"source": s, "reference": r, "hypothesis": h} for s, r, h in list(zip(sources, refs, hyps))[:5]]}
     names = ["model", "copy_source", "random"]
-    res["plots"] = [line_plot(ctx.out_dir / "bleu.png", {"BLEU": (names, [res[n]["bleu"] for n in names]),
-                                                         "chrF": (names, [res[n]["chrf"] for n in names])},
-                              "system", "score", f"English -> German ({cfg.source}, {len(shots)} shots read)")]
+    res["plots"] = [bar_plot(ctx.out_dir / "bleu.png", {"BLEU": {n: res[n]["bleu"] for n in names},
+                                                        "chrF": {n: res[n]["chrf"] for n in names}},
+                             "score", f"English -> German ({cfg.source}, {len(shots)} shots read)")]
     return res

@@ -172,9 +172,9 @@ def drift_stream(tok, cfg: Config, seed: int, shuffled: bool = False) -> ProbeSt
 
 
 def measure(lm, state, probes: list[tuple[list[int], list[int]]]) -> dict[str, float]:
-    """Over held-out (context, continuation): first-token argmax rate, full greedy match rate,
-    mean log p per continuation token."""
-    first = full = 0
+    """Over held-out (context, continuation): first-token argmax rate, full greedy match rate, greedy
+    match rate of the rest given the first (the template's reply after [AI]), mean log p per token."""
+    first = full = rest = 0
     lp_sum = n_tok = 0.0
     for ctx_ids, cont in probes:
         s = read(lm, ctx_ids[:-1], copy_state(state)) if len(ctx_ids) > 1 else copy_state(state)
@@ -182,10 +182,12 @@ def measure(lm, state, probes: list[tuple[list[int], list[int]]]) -> dict[str, f
         lp, hit, _ = score_targets(lm, seq[:, :-1], seq[:, 1:], s)
         first += bool(hit[0, 0])
         full += bool(hit[0].all())
+        rest += bool(hit[0, 1:].all())
         lp_sum += float(lp.sum())
         n_tok += lp.numel()
     n = len(probes)
-    return {"first_token_rate": first / n, "match_rate": full / n, "logp_per_token": lp_sum / n_tok}
+    return {"first_token_rate": first / n, "match_rate": full / n, "rest_match_rate": rest / n,
+            "logp_per_token": lp_sum / n_tok}
 
 
 def curve(lm, stream: ProbeStream, progress: bool, desc: str) -> dict[int, dict[str, float]]:
@@ -211,11 +213,12 @@ def run(ctx: Context, cfg: Config) -> dict:
         for mname, lm in models.items():
             for sname, st in streams.items():
                 res[probe]["curves"][f"{mname}/{sname}"] = curve(lm, st, ctx.progress, f"{probe} {mname}/{sname}")
-        metric = "first_token_rate" if probe == "template" else "match_rate"
-        label = "next token is [AI]" if probe == "template" else f"greedy '{cfg.drift_marker}' after '{cfg.trigger}'"
-        for m, ylabel in ((metric, label), ("match_rate" if probe == "template" else "logp_per_token",
-                                            "greedy reply follows template" if probe == "template"
-                                            else f"log p('{cfg.drift_marker}') per token")):
+        if probe == "template":
+            shown = {"first_token_rate": "next token is [AI]", "rest_match_rate": "greedy reply follows the template"}
+        else:
+            shown = {"match_rate": f"greedy '{cfg.drift_marker}' after '{cfg.trigger}'",
+                     "logp_per_token": f"log p('{cfg.drift_marker}') per token"}
+        for m, ylabel in shown.items():
             series = {k: (list(v), [x[m] for x in v.values()]) for k, v in res[probe]["curves"].items()}
             plots.append(line_plot(ctx.out_dir / f"probes_{probe}_{m}.png", series,
                                    "dialogues read" if probe == "template" else "rule occurrences read",

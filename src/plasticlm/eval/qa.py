@@ -27,7 +27,7 @@ from tqdm import tqdm
 from .common import copy_state, encode, generate_until, read, special
 from .registry import Context
 from .text import SourceUnavailable
-from .results import line_plot
+from .results import bar_plot
 
 NAME = "qa"
 ORDERS = ("read_first", "question_first", "read_twice", "no_context")
@@ -214,8 +214,7 @@ def run(ctx: Context, cfg: Config) -> dict:
         out[order] = squad_scores(preds, {q: golds[q] for q in preds})
     bar.close()
     orders = list(out)
-    plot = line_plot(ctx.out_dir / "qa_orders.png",
-                     {"exact match": (orders, [out[o]["exact_match"] for o in orders]),
-                      "F1": (orders, [out[o]["f1"] for o in orders])},
-                     "reading order", "score (%)", f"read-then-ask QA ({cfg.source})")
+    plot = bar_plot(ctx.out_dir / "qa_orders.png", {"exact match": {o: out[o]["exact_match"] for o in orders},
+                                                     "F1": {o: out[o]["f1"] for o in orders}},
+                    "score (%)", f"read-then-ask QA ({cfg.source})")
     return {"source": cfg.source, "orders": out, "examples": examples, "plots": [plot]}

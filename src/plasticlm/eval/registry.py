@@ -80,10 +80,24 @@ def make_config(name: str, preset: str = "full", overrides: list[str] | dict[str
             continue
         if fname not in known:
             raise ValueError(f"override {key!r}: {name} has no setting {fname!r}; known: {', '.join(known)}")
-        setattr(cfg, fname, value)
+        setattr(cfg, fname, _typed(key, getattr(cfg, fname), value))
     if hasattr(cfg, "validate"):
         cfg.validate()
     return cfg
+
+
+def _typed(key: str, default: Any, value: Any) -> Any:
+    """The value if it has the kind of the field's default (an int may stand for a float)."""
+    if isinstance(default, bool) or isinstance(value, bool):
+        ok = isinstance(default, bool) and isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float))
+        value = float(value) if ok else value
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        raise ValueError(f"override {key!r}: expected {type(default).__name__}, got {value!r}")
+    return value
 
 
 def _split(item: str) -> tuple[str, Any]:
