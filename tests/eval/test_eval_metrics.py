@@ -126,3 +126,30 @@ def test_bleu_equals_sacrebleu_own_call():
     assert got["chrf_signature"].startswith("nrefs:1|case:mixed|eff:yes|nc:6|nw:0|space:no|version:")
     assert sacre(refs, refs)["bleu"] == pytest.approx(100.0)
     assert 0 < got["bleu"] < 100
+
+
+def test_squad_from_the_hub_is_grouped_by_article_and_context(monkeypatch):
+    import sys
+    import types
+
+    rows = [{"id": "1", "title": "A", "context": "c1", "question": "q1", "answers": {"text": ["x", "y"], "answer_start": [0, 1]}},
+            {"id": "2", "title": "A", "context": "c1", "question": "q2", "answers": {"text": ["z"], "answer_start": [0]}},
+            {"id": "3", "title": "A", "context": "c2", "question": "q3", "answers": {"text": ["w"], "answer_start": [0]}},
+            {"id": "4", "title": "B", "context": "c3", "question": "q4", "answers": {"text": ["v"], "answer_start": [0]}}]
+    fake = types.ModuleType("datasets")
+    fake.load_dataset = lambda name, split: rows if (name, split) == ("rajpurkar/squad", "validation") else None
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    arts = qa.load("hub")
+    assert [a["title"] for a in arts] == ["A", "B"]
+    assert [[q["id"] for q in p["qas"]] for p in arts[0]["paragraphs"]] == [["1", "2"], ["3"]]
+    assert arts[0]["paragraphs"][0]["qas"][0]["answers"] == ["x", "y"]
+    assert [len(g) for g in qa.groups(arts, 0)] == [2, 1] and [len(g) for g in qa.groups(arts, 1)] == [1, 1, 1]
+
+
+def test_generation_stops_at_separator_or_newline(tok):
+    from plasticlm.eval.common import generate_until
+
+    sep, nl = tok.token_id("[SEP]"), 10
+    for probs, want in (({97: 0.5}, [97] * 5), ({nl: 0.5}, []), ({sep: 0.5}, [])):
+        lm = UnigramLM(probs)
+        assert generate_until(lm, lm.init_state(1), [1, 2], 5, {sep, nl}) == want

@@ -42,28 +42,34 @@ def test_shuffled_template_stream_has_the_same_pieces_without_the_template(tok, 
     assert sh.held_out == st.held_out
 
 
-def test_drift_stream_introduces_the_rule_mid_stream(tok, pcfg):
+@pytest.mark.parametrize("placement", ["before", "after"])
+def test_drift_stream_introduces_the_rule_mid_stream(tok, pcfg, placement):
+    pcfg.placement = placement
     st = probes.drift_stream(tok, pcfg, seed=5)
     trig, mark = pcfg.trigger, pcfg.drift_marker
+    pair = rf"\b{mark} {trig}\b" if placement == "before" else rf"\b{trig} {mark}\b"
     start = len(tok.decode(st.tokens[:st.checkpoints[0]])) - len("[BOS]")
     before, after = st.text[:start], st.text[start:]
     assert before and mark not in before
-    # After the rule starts, every trigger is followed by the marker, and the count is as claimed.
-    assert len(re.findall(rf"\b{trig}\b", after)) == len(re.findall(rf"\b{trig} {mark}\b", after))
+    # After the rule starts, every trigger has the marker on the rule's side, as often as claimed.
+    assert len(re.findall(rf"\b{trig}\b", after)) == len(re.findall(pair, after))
     assert len(re.findall(rf"\b{mark}\b", after)) == st.claims["rule_occurrences"] >= pcfg.max_occurrences
     for k, pos in st.checkpoints.items():
-        assert len(re.findall(rf"\b{trig} {mark}\b", tok.decode(st.tokens[:pos]))) == k
+        assert len(re.findall(pair, tok.decode(st.tokens[:pos]))) == k
     for sent, (ctx, cont) in zip(st.held_out_text, st.held_out):
         assert sent not in st.text
-        assert tok.decode(ctx).endswith(trig) and tok.decode(cont) == f" {mark}"
+        first, then = (mark, trig) if placement == "before" else (trig, mark)
+        assert tok.decode(ctx).endswith(first) and tok.decode(cont) == f" {then}"
 
 
 def test_shuffled_drift_stream_has_as_many_markers_but_no_rule(tok, pcfg):
     st = probes.drift_stream(tok, pcfg, seed=5)
     sh = probes.drift_stream(tok, pcfg, seed=5, shuffled=True)
     mark, trig = pcfg.drift_marker, pcfg.trigger
-    assert sh.text.count(f" {mark}") == st.text.count(f" {mark}")
-    assert len(re.findall(rf"\b{trig} {mark}\b", sh.text)) < len(re.findall(rf"\b{trig} {mark}\b", st.text)) / 2
+    assert sh.text.count(mark) == st.text.count(mark)
+    # The same sentences underneath: only where the markers stand differs.
+    assert sh.text.replace(f" {mark}", "").replace(f"{mark} ", "") == st.text.replace(f"{mark} ", "")
+    assert len(re.findall(rf"\b{mark} {trig}\b", sh.text)) < len(re.findall(rf"\b{mark} {trig}\b", st.text)) / 2
 
 
 # ---- ListOps ------------------------------------------------------------------------------------
@@ -152,3 +158,15 @@ def test_permuted_vocabulary_is_a_bijection_keeping_controls(tok):
 def test_oneshot_scores_text_never_read():
     read_text, eval_text = oneshot.texts("builtin")
     assert eval_text and eval_text[:200] not in read_text and read_text[-200:] not in eval_text
+
+
+def test_builtin_held_out_is_the_tiny_recipes_validation_split():
+    from plasticlm.data.builtin import builtin_corpus
+    from plasticlm.eval.text import HELD_OUT, builtin_held_out
+    from plasticlm.trainer.config import load_config
+
+    cfg = load_config("tiny", [])
+    assert cfg.data.valid_fraction == HELD_OUT
+    data = builtin_corpus().encode("utf-8")
+    n_valid = max(cfg.data.seq_len + 1, int(len(data) * cfg.data.valid_fraction))  # as trainer/loop.py cuts
+    assert builtin_held_out().encode("utf-8") == data[-n_valid:]

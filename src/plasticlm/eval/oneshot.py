@@ -123,14 +123,10 @@ def header_tokens(language, tok, n: int, top: int) -> list[int]:
 
 def texts(source: str) -> tuple[str, str]:
     """(text to read, unseen text to score), never overlapping."""
-    from .text import HELD_OUT, documents
+    from .text import builtin_split, documents
 
     if source == "builtin":
-        from ..data.builtin import builtin_corpus
-
-        full = builtin_corpus()
-        cut = int(len(full) * (1 - HELD_OUT))
-        return full[:cut], full[cut:]
+        return builtin_split()
     text = "\n\n".join(documents(source))
     cut = int(len(text) * 0.9)
     return text[:cut], text[cut:]

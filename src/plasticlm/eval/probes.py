@@ -4,11 +4,12 @@ template  A stream of N dialogues ``[USER] message\\n[AI] <marker> <first word o
           After N of them, for held-out messages never read: is the next token after
           ``[USER] message\\n`` the [AI] tag (argmax), and does the greedy reply follow the
           template (every reply token the argmax)? A curve over N.
-drift     Plain sentences, then from mid-stream on a rule: every word ``trigger`` is followed
-          by ``marker`` ("no" -> "no bacon"). After k rule occurrences, on held-out sentences:
-          is the marker the greedy continuation right after the trigger? A curve over k. (The rule
-          is stated as "followed by" because a causal model can only be judged on what comes after
-          what it has seen; "preceded by" would ask it to foresee the trigger.)
+drift     Plain sentences, then from mid-stream on a rule: every word ``trigger`` is preceded
+          by ``marker`` ("no" -> "bacon no"; ``placement="after"`` gives "no bacon"). After k rule
+          occurrences, on held-out sentences cut at the first trigger: is the rule's next word
+          (the trigger after the marker, or the marker after the trigger) the greedy
+          continuation? A curve over k. A causal model cannot foresee a trigger, so "preceded
+          by" is judged on the trigger following the marker.
 
 Each runs on the model, on the same architecture untrained (``ctx.untrained``), and on a
 shuffled-control stream holding the same pieces with the pattern broken (template: the tags,
@@ -48,7 +49,11 @@ class Config:
     trigger: str = "no"
     """drift: the word the rule follows."""
     drift_marker: str = "bacon"
-    """drift: the word inserted after every trigger once the rule holds."""
+    """drift: the word inserted next to every trigger once the rule holds."""
+    placement: str = "before"
+    """drift: 'before' ("every no is preceded by bacon"; asked: is "no" greedy after "bacon"?) or
+    'after' ("every no is followed by bacon"; asked: is "bacon" greedy after "no"?, which must
+    override what usually follows a common word)."""
     held_out: int = 32
     """Held-out probes asked at every checkpoint (never part of any stream)."""
     controls: bool = True
@@ -59,6 +64,8 @@ class Config:
         return cls(max_dialogues=4, pre_sentences=4, max_occurrences=4, held_out=3)
 
     def validate(self) -> None:
+        if self.placement not in ("before", "after"):
+            raise ValueError(f"probes.placement must be 'before' or 'after', got {self.placement!r}")
         bad = [p for p in self.probes if p not in ("template", "drift")]
         if bad:
             raise ValueError(f"probes.probes: unknown probe {bad[0]!r}; known: template, drift")
@@ -153,8 +160,10 @@ def drift_stream(tok, cfg: Config, seed: int, shuffled: bool = False) -> ProbeSt
             pieces = [(sent[a:b], b in cuts) for a, b in zip(bounds, bounds[1:]) if a < b]
         pieces[0] = ((" " if text else "") + pieces[0][0], pieces[0][1])
         for piece, mark in pieces:
-            if mark:
+            if mark and (shuffled or cfg.placement == "after"):
                 piece += " " + cfg.drift_marker
+            elif mark:  # the piece ends with the trigger: put the marker just before it
+                piece = piece[:len(piece) - len(cfg.trigger)] + cfg.drift_marker + " " + cfg.trigger
             text += piece
             tokens += encode(tok, piece)
             if mark:
@@ -164,9 +173,12 @@ def drift_stream(tok, cfg: Config, seed: int, shuffled: bool = False) -> ProbeSt
         if occ >= cfg.max_occurrences:
             break
     probes = []
-    for s in held:
+    for s in held:  # ask at the first trigger: is the rule's next word the greedy continuation?
         m = trig.search(s)
-        probes.append((encode(tok, " " + s[:m.end()]), encode(tok, f" {cfg.drift_marker}")))
+        if cfg.placement == "after":
+            probes.append((encode(tok, " " + s[:m.end()]), encode(tok, f" {cfg.drift_marker}")))
+        else:
+            probes.append((encode(tok, " " + s[:m.start()] + cfg.drift_marker), encode(tok, f" {cfg.trigger}")))
     return ProbeStream(tokens, checkpoints, text, probes, held,
                        {"rule_occurrences": occ, "pre_rule_sentences": cfg.pre_sentences})
 
@@ -214,7 +226,8 @@ def run(ctx: Context, cfg: Config) -> dict:
             for sname, st in streams.items():
                 res[probe]["curves"][f"{mname}/{sname}"] = curve(lm, st, ctx.progress, f"{probe} {mname}/{sname}")
         if probe == "template":
-            shown = {"first_token_rate": "next token is [AI]", "rest_match_rate": "greedy reply follows the template"}
+            shown = {"first_token_rate": "next token is [AI]", "rest_match_rate": "greedy reply follows the template",
+                     "logp_per_token": "log p([AI] + template reply) per token"}
         else:
             shown = {"match_rate": f"greedy '{cfg.drift_marker}' after '{cfg.trigger}'",
                      "logp_per_token": f"log p('{cfg.drift_marker}') per token"}

@@ -36,11 +36,18 @@ def load_hub(name: str) -> list[str]:
     return [d[field] for d in ds if d[field].strip()]
 
 
-def builtin_held_out() -> str:
+def builtin_split() -> tuple[str, str]:
+    """(training part, held-out tail) of the builtin corpus, cut where the trainer cuts its byte
+    tokens: the last int(bytes * HELD_OUT) bytes are held out."""
     from ..data.builtin import builtin_corpus
 
-    text = builtin_corpus()
-    return text[int(len(text) * (1 - HELD_OUT)):]
+    raw = builtin_corpus().encode("utf-8")
+    cut = len(raw) - int(len(raw) * HELD_OUT)
+    return raw[:cut].decode("utf-8", errors="ignore"), raw[cut:].decode("utf-8", errors="ignore")
+
+
+def builtin_held_out() -> str:
+    return builtin_split()[1]
 
 
 def split_documents(text: str) -> list[str]:
