@@ -147,3 +147,18 @@ def test_every_suite_runs_on_cuda(tok, tmp_path):
     doc = evaluate(ctx, list(SUITES), "smoke", TINY, tmp_path / "r.json")
     assert doc["device"].startswith("cuda") and set(doc["suites"]) == set(SUITES)
     assert doc["suites"]["perplexity"]["results"]["bits_per_byte"] > 0
+
+
+def test_mqar_accuracy_against_state_size_across_runs(tmp_path):
+    from plasticlm.eval.mqar import plot_vs_state_size
+
+    files = []
+    for i, (size, acc) in enumerate([(1024, 0.2), (65536, 0.9)]):
+        f = tmp_path / f"r{i}.json"
+        f.write_text(json.dumps({"suites": {"mqar": {"results": {"state_size": size, "accuracy": {"4": acc, "8": acc / 2}}}}}))
+        files.append(str(f))
+    name = plot_vs_state_size(files, str(tmp_path / "mqar_vs_state.png"))
+    assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+    (tmp_path / "bad.json").write_text(json.dumps({"suites": {}}))
+    with pytest.raises(ValueError, match="bad.json: holds no mqar"):
+        plot_vs_state_size([str(tmp_path / "bad.json")], str(tmp_path / "x.png"))

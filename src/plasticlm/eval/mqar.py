@@ -139,3 +139,20 @@ def run(ctx: Context, cfg: Config) -> dict:
                                "before training": (ks, [res["accuracy_before_training"][k] for k in ks])},
                               "key-value pairs", "recall accuracy", f"MQAR, {cfg.seq_len} tokens")]
     return res
+
+
+def plot_vs_state_size(result_files: list[str], out_png: str) -> str:
+    """Zoology's figure across runs: accuracy against state size, one line per number of pairs,
+    from the results.json of several ``plasticlm eval --suite mqar`` runs (models of several sizes)."""
+    import json
+    from pathlib import Path
+
+    points: dict[str, list[tuple[int, float]]] = {}
+    for f in result_files:
+        r = json.loads(Path(f).read_text())["suites"].get("mqar")
+        if r is None:
+            raise ValueError(f"{f}: holds no mqar results")
+        for k, acc in r["results"]["accuracy"].items():
+            points.setdefault(f"{k} pairs", []).append((r["results"]["state_size"], acc))
+    series = {k: ([s for s, _ in sorted(v)], [a for _, a in sorted(v)]) for k, v in points.items()}
+    return line_plot(Path(out_png), series, "state size (scalars)", "recall accuracy", "MQAR vs state size", logx=True)

@@ -140,7 +140,8 @@ def headline(name: str, r: dict) -> str:
     if name == "listops":
         return f"accuracy {f(r['accuracy'])} (before training {f(r['accuracy_before_training'])}, majority {f(r['majority_class'])})"
     if name == "mqar":
-        return f"accuracy {r['accuracy']} with {r['state_size']:,} state scalars"
+        acc = ", ".join(f"{k} pairs {f(v)}" for k, v in r["accuracy"].items())
+        return f"accuracy {acc} with {r['state_size']:,} state scalars (chance {f(r['chance'])})"
     if name == "probes":
         parts = []
         for probe, v in r.items():
