@@ -153,3 +153,16 @@ def test_generation_stops_at_separator_or_newline(tok):
     for probs, want in (({97: 0.5}, [97] * 5), ({nl: 0.5}, []), ({sep: 0.5}, [])):
         lm = UnigramLM(probs)
         assert generate_until(lm, lm.init_state(1), [1, 2], 5, {sep, nl}) == want
+
+
+def test_wikitext_detokenizer_matches_lm_eval():
+    pre = pytest.importorskip("lm_eval.tasks.wikitext.preprocess_wikitext")
+    from plasticlm.eval.text import wikitext_detokenize
+
+    pages = [" = Valkyria Chronicles III = \n \n Senjō no Valkyria 3 : Unrecorded Chronicles ( Japanese : 戦場のヴァルキュリア3 ) "
+             ", commonly referred to as Valkyria Chronicles III outside Japan , is a tactical role @-@ playing game "
+             "developed by Sega and Media.Vision for the PlayStation Portable . \n = = Gameplay = = \n",
+             " It sold 1 @,@ 000 copies at 3 @.@ 5 dollars ; \" quoted text \" and ' single ' , the players ' "
+             "scores , [ brackets ] { braces } 20 ° C , N items ! really ? yes . = = = = Deep = = = = \n"]
+    for page in pages:
+        assert wikitext_detokenize(page) == pre.wikitext_detokenizer({"page": page})

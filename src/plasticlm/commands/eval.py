@@ -31,6 +31,8 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto", help="'auto' (cuda when available), 'cpu', 'cuda', 'cuda:1', ...")
     p.add_argument("--tokenizer", default=None, help="tokenizer.json to use instead of the checkpoint's")
     p.add_argument("--no-controls", action="store_true", help="skip the untrained-model controls of the probes")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the suites already in --out/results.json (same config, seed, commit and model)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
     p.set_defaults(func=run)
 
@@ -82,7 +84,7 @@ def run(args) -> int:
                   untrained=None if args.no_controls else untrained)
     command = ["plasticlm"] + sys.argv[1:] if sys.argv[1:2] == ["eval"] else ["plasticlm", "eval", args.checkpoint]
     try:
-        doc = evaluate(ctx, suites, args.preset, args.overrides, out / "results.json", command, info)
+        doc = evaluate(ctx, suites, args.preset, args.overrides, out / "results.json", command, info, args.resume)
     except ImportError as e:  # an optional package a suite needs: say which extra installs it
         raise ValueError(str(e)) from e
     for name, s in doc["suites"].items():

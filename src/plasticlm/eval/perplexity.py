@@ -24,7 +24,7 @@ from tqdm import tqdm
 from .common import log_bins, score_targets, special
 from .registry import Context
 from .results import line_plot
-from .text import documents
+from .text import documents, wikitext_detokenize
 
 NAME = "perplexity"
 
@@ -103,12 +103,13 @@ def run(ctx: Context, cfg: Config) -> dict:
     if cfg.max_docs:
         docs = docs[:cfg.max_docs]
     tok = ctx.tokenizer
-    texts, ids = [], []
+    texts, ids = [], []  # texts: what words and bytes are counted on
     for d in docs:
-        e = tok.encode(d)
+        # WikiText: the detokenized page is scored, the raw page counted (as the harness does).
+        e = tok.encode(wikitext_detokenize(d) if cfg.source == "wikitext" else d)
         if cfg.max_doc_tokens and len(e) > cfg.max_doc_tokens:
             e = e[:cfg.max_doc_tokens]
-            d = tok.decode(e)
+            d = tok.decode(e)  # a cut document is counted on the text actually scored
         if e:
             texts.append(d)
             ids.append(list(e))

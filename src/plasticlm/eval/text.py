@@ -23,6 +23,28 @@ def hub_error(name: str, what: str, e: Exception) -> SourceUnavailable:
                         f"offline, point the suite at a local file instead ({what})")
 
 
+# WikiText's tokenized spacing undone before scoring, rule for rule as lm-evaluation-harness's
+# wikitext task does (its word and byte counts stay those of the raw page). (pattern, replacement,
+# is_regex), applied in order.
+WIKITEXT_RULES = [
+    ("s '", "s'", False), (r"/' [0-9]/", r"/'[0-9]/", True),
+    (" @-@ ", "-", False), (" @,@ ", ",", False), (" @.@ ", ".", False),
+    *[(f" {p} ", f"{p} ", False) for p in ":;.!?,"],
+    (r"\(\s*([^\)]*?)\s*\)", r"(\1)", True), (r"\[\s*([^\]]*?)\s*\]", r"[\1]", True),
+    (r"{\s*([^}]*?)\s*}", r"{\1}", True), (r"\"\s*([^\"]*?)\s*\"", r'"\1"', True),
+    (r"'\s*([^']*?)\s*'", r"'\1'", True),
+    ("= = = =", "====", False), ("= = =", "===", False), ("= =", "==", False),
+    (" \u00b0 ", "\u00b0", False), (" \n", "\n", False), ("\n ", "\n", False), (" N ", " 1 ", False),
+    (" 's", "'s", False),
+]
+
+
+def wikitext_detokenize(page: str) -> str:
+    for pattern, repl, regex in WIKITEXT_RULES:
+        page = re.sub(pattern, repl, page) if regex else page.replace(pattern, repl)
+    return page
+
+
 def load_hub(name: str) -> list[str]:
     path, config, split, field = HUB[name]
     try:
@@ -56,7 +78,8 @@ def split_documents(text: str) -> list[str]:
 
 
 def documents(source: str) -> list[str]:
-    """'builtin', a hub name ('wikitext'), a .txt file (blank-line separated) or a .jsonl file ({"text": ...})."""
+    """'builtin', a hub name ('wikitext': raw pages), a .txt file (blank-line separated) or a .jsonl
+    file ({"text": ...})."""
     if source == "builtin":
         return split_documents(builtin_held_out())
     if source in HUB:
