@@ -187,3 +187,18 @@ def test_same_seed_same_results_and_resume_reuses_finished_suites(tok, bigram, t
     assert all(c["suites"][n].get("reused") for n in names)
     with pytest.raises(AssertionError, match="ran again"):  # a changed setting runs the suite again
         evaluate(ctx, names, "smoke", TINY + ["listops.steps=3"], tmp_path / "c.json", resume=True)
+
+
+def test_finetune_micro_batches_take_the_same_step(bigram):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (6, 12), generator=g)
+    y = torch.where(torch.rand(6, 12, generator=g) < 0.3, torch.randint(0, 256, (6, 12), generator=g), -100)
+    module = trainable(bigram).module
+    after = []
+    for micro in (0, 1, 4):
+        with restored(module):
+            loss = finetune(bigram, lambda s: (x, y), steps=2, lr=0.01, micro_batch=micro)
+            after.append((loss, module.logits.detach().clone()))
+    for loss, w in after[1:]:
+        assert loss == pytest.approx(after[0][0], rel=1e-5)
+        torch.testing.assert_close(w, after[0][1], rtol=1e-5, atol=1e-6)

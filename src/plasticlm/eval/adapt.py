@@ -106,9 +106,11 @@ class DynamicEval:
 
 
 def finetune(lm: LM, batches: Callable[[int], tuple[torch.Tensor, torch.Tensor]], steps: int, lr: float,
-             progress: Callable[[int, float], None] | None = None) -> list[float]:
+             progress: Callable[[int, float], None] | None = None, micro_batch: int = 0) -> list[float]:
     """AdamW on next-token cross-entropy; ``batches(step)`` gives (inputs, targets) with -100 where
-    nothing is scored. Weights change in place: call inside :func:`restored`. Returns the losses."""
+    nothing is scored. Rows go through in micro-batches of ``micro_batch`` (0: all at once) with
+    gradients accumulated, so long rows fit in memory (full log-probs are B x T x V floats).
+    Weights change in place: call inside :func:`restored`. Returns the losses."""
     t = trainable(lm)
     params = [p for p in t.module.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
@@ -116,15 +118,22 @@ def finetune(lm: LM, batches: Callable[[int], tuple[torch.Tensor, torch.Tensor]]
     losses = []
     for step in range(steps):
         x, y = batches(step)
-        with torch.enable_grad():
-            logp, _ = t.forward(x.to(lm.device), lm.init_state(x.shape[0]))
-            loss = F.nll_loss(logp.flatten(0, 1), y.to(logp.device).flatten(), ignore_index=-100)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
+        n = (y != -100).sum().clamp(min=1)
+        mb = micro_batch or x.shape[0]
+        opt.zero_grad(set_to_none=True)
+        total = 0.0
+        for a in range(0, x.shape[0], mb):
+            xb, yb = x[a:a + mb].to(lm.device), y[a:a + mb]
+            with torch.enable_grad():
+                logp, _ = t.forward(xb, lm.init_state(xb.shape[0]))
+                loss = F.nll_loss(logp.flatten(0, 1), yb.to(logp.device).flatten(), ignore_index=-100,
+                                  reduction="sum") / n
+                loss.backward()
+            total += float(loss.detach())
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        losses.append(float(loss.detach()))
+        losses.append(total)
         if progress:
-            progress(step, losses[-1])
+            progress(step, total)
     t.module.eval()
     return losses

@@ -45,6 +45,9 @@ class Config:
     test_examples: int = 2000
     steps: int = 2000
     """Fine-tuning steps (0: score without training)."""
+    micro_batch: int = 4
+    """Rows per forward pass, in training (gradients accumulated) and in testing; bounds the
+    B x T x V log-probs in memory."""
     batch_size: int = 32
     lr: float = 1e-4
 
@@ -135,7 +138,7 @@ def run(ctx: Context, cfg: Config) -> dict:
     xt, yt = encode_rows(tok, test, digits)
 
     def accuracy():
-        pred, gold = label_predictions(lm, xt, yt, batch_size=cfg.batch_size, restrict=digits)
+        pred, gold = label_predictions(lm, xt, yt, batch_size=cfg.micro_batch, restrict=digits)
         return float((pred == gold).float().mean())
 
     majority = Counter(label for _, label in train).most_common(1)[0][0]
@@ -148,11 +151,15 @@ def run(ctx: Context, cfg: Config) -> dict:
         brng = random.Random(ctx.seed + 1)
         bar = tqdm(total=cfg.steps, desc="listops train", disable=not ctx.progress)
 
+        def show(step, loss):
+            bar.update()
+            bar.set_postfix(loss=f"{loss:.3f}")
+
         def batches(step):
             return encode_rows(tok, brng.sample(train, min(cfg.batch_size, len(train))), digits)
 
         with restored(trainable(lm).module):
-            losses = finetune(lm, batches, cfg.steps, cfg.lr, lambda s, l: (bar.update(), bar.set_postfix(loss=f"{l:.3f}")))
+            losses = finetune(lm, batches, cfg.steps, cfg.lr, show, cfg.micro_batch)
             res["accuracy"] = accuracy()
         bar.close()
         res["train_loss"] = {"first": losses[0], "last": losses[-1]}

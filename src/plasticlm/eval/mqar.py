@@ -42,6 +42,9 @@ class Config:
     test_examples: int = 500
     """Test sequences per number of pairs."""
     steps: int = 2000
+    micro_batch: int = 4
+    """Rows per forward pass, in training (gradients accumulated) and in testing; bounds the
+    B x T x V log-probs in memory."""
     batch_size: int = 64
     lr: float = 1e-3
 
@@ -116,7 +119,7 @@ def run(ctx: Context, cfg: Config) -> dict:
     def accuracy():
         out = {}
         for k, (x, y) in tests.items():
-            pred, gold = label_predictions(lm, x, y, batch_size=cfg.batch_size)
+            pred, gold = label_predictions(lm, x, y, batch_size=cfg.micro_batch)
             out[k] = float((pred == gold).float().mean())
         return out
 
@@ -124,12 +127,16 @@ def run(ctx: Context, cfg: Config) -> dict:
     gen = torch.Generator().manual_seed(ctx.seed)
     bar = tqdm(total=cfg.steps, desc="mqar train", disable=not ctx.progress)
 
+    def show(step, loss):
+        bar.update()
+        bar.set_postfix(loss=f"{loss:.3f}")
+
     def batches(step):
         i = torch.randint(0, tx.shape[0], (cfg.batch_size,), generator=gen)
         return tx[i], ty[i]
 
     with restored(trainable(lm).module):
-        losses = finetune(lm, batches, cfg.steps, cfg.lr, lambda s, l: (bar.update(), bar.set_postfix(loss=f"{l:.3f}")))
+        losses = finetune(lm, batches, cfg.steps, cfg.lr, show, cfg.micro_batch)
         res["accuracy"] = accuracy()
     bar.close()
     res["train_loss"] = {"first": losses[0], "last": losses[-1]} if losses else None
