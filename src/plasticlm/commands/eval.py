@@ -37,7 +37,7 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def load_lm(checkpoint: str, device: str, tokenizer_path: str | None = None):
+def load_lm(checkpoint: str, device: str, tokenizer_path: str | None = None, seed: int = 0):
     """(LM, tokenizer, checkpoint info, untrained factory) for a plasticlm checkpoint directory."""
     import torch
 
@@ -54,8 +54,9 @@ def load_lm(checkpoint: str, device: str, tokenizer_path: str | None = None):
     check_vocab(lm, tok, f"checkpoint {checkpoint}" + (f" with tokenizer {tokenizer_path}" if tokenizer_path else ""))
 
     def untrained():
-        torch.manual_seed(0)
-        u = PlasticLMAsLM(PlasticLM(model.config).to(device).eval())
+        with torch.random.fork_rng(devices=[]):  # a seeded init that leaves the suites' RNG alone
+            torch.manual_seed(seed)
+            u = PlasticLMAsLM(PlasticLM(model.config).to(device).eval())
         u.name = "untrained"
         return u
 
@@ -78,7 +79,7 @@ def run(args) -> int:
     for s in suites:  # reject bad settings before loading anything
         make_config(s, args.preset, args.overrides)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    lm, tok, info, untrained = load_lm(args.checkpoint, device, args.tokenizer)
+    lm, tok, info, untrained = load_lm(args.checkpoint, device, args.tokenizer, args.seed)
     out = Path(args.out) if args.out else Path(args.checkpoint) / "eval"
     ctx = Context(lm=lm, tokenizer=tok, seed=args.seed, out_dir=out, progress=not args.no_progress,
                   untrained=None if args.no_controls else untrained)
