@@ -12,6 +12,7 @@ COMMANDS = [
     "plasticlm.commands.train",
     "plasticlm.commands.read",
     "plasticlm.commands.generate",
+    "plasticlm.commands.eval",
 ]
 
 

@@ -1,0 +1,99 @@
+"""The lm-evaluation-harness adapter: request handling with fake requests, then the real harness."""
+import math
+
+import pytest
+import torch
+
+from conftest import UnigramLM
+from plasticlm.eval import harness
+
+
+class Req:
+    def __init__(self, *args):
+        self.args = args
+
+
+def manual_ll(lm, tok, context: str, continuation: str):
+    ids = [tok.token_id("[BOS]")] + list(tok.encode(context + continuation))
+    n = len(tok.encode(continuation))
+    logp, _ = lm.score(torch.tensor([ids[:-1]]), lm.init_state(1))
+    lp = logp[0, -n:].gather(-1, torch.tensor(ids[-n:]).unsqueeze(-1)).squeeze(-1)
+    greedy = bool((logp[0, -n:].argmax(-1) == torch.tensor(ids[-n:])).all())
+    return float(lp.sum()), greedy
+
+
+@pytest.mark.parametrize("name", ["bigram", "plasticlm"])
+def test_loglikelihood_requests(name, tok, bigram, plastic):
+    lm = {"bigram": bigram, "plasticlm": plastic}[name]
+    reqs = [Req("The cat sat on the", " mat"), Req("", "hello"), Req("abc", "")]
+    got = harness.loglikelihood(lm, tok, reqs)
+    for r, (ll, greedy) in zip(reqs[:2], got):
+        want_ll, want_greedy = manual_ll(lm, tok, *r.args)
+        assert ll == pytest.approx(want_ll, rel=1e-5) and greedy == want_greedy
+    assert got[2] == (0.0, True)
+
+
+def test_loglikelihood_greedy_flag(tok):
+    lm = UnigramLM({97: 0.5, 98: 0.25})
+    (ll_a, g_a), (ll_b, g_b) = harness.loglikelihood(lm, tok, [Req("x", "aa"), Req("x", "ab")])
+    assert g_a and not g_b
+    assert ll_a == pytest.approx(2 * math.log(0.5)) and ll_b == pytest.approx(math.log(0.5) + math.log(0.25))
+
+
+def test_rolling_loglikelihood_streams_the_whole_text(tok, bigram):
+    text = "A document longer than one piece is streamed through the state once. " * 40
+    (ll,), = [harness.loglikelihood_rolling(bigram, tok, [Req(text)])]
+    want, _ = manual_ll(bigram, tok, "", text)
+    assert ll == pytest.approx(want, rel=1e-6)
+    assert harness.loglikelihood_rolling(bigram, tok, [Req("")]) == [0.0]
+
+
+def test_generate_until_cuts_at_the_first_stop_string(tok):
+    lm = UnigramLM({97: 0.5})  # greedy: 'a' forever
+    out = harness.generate_until(lm, tok, [Req("q", {"until": ["aaa"], "max_gen_toks": 10}),
+                                           Req("q", {"until": "\n", "max_gen_toks": 4}),
+                                           Req("q", {"max_gen_toks": 2})])
+    assert out == ["", "aaaa", "aa"]
+
+
+def test_real_harness_drives_plasticlm_and_agrees_with_the_perplexity_suite(tok, plastic, tmp_path, monkeypatch):
+    lm_eval = pytest.importorskip("lm_eval")
+    from lm_eval.tasks import TaskManager
+
+    from plasticlm.eval import Context
+    from plasticlm.eval import perplexity as ppl
+    from plasticlm.eval.registry import make_config
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text('{"text": "The cat sat on the mat."}\n{"text": "A second  document,\\nwith two lines."}\n')
+    (tmp_path / "task.yaml").write_text(
+        "task: plasticlm_local_ppl\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+        f"    test: {docs}\ntest_split: test\noutput_type: loglikelihood_rolling\ndoc_to_text: \"\"\n"
+        "doc_to_target: \"{{text}}\"\nmetric_list:\n  - metric: word_perplexity\n  - metric: byte_perplexity\n"
+        "  - metric: bits_per_byte\n")
+    h = harness.harness_lm(plastic, tokenizer=tok)
+    assert isinstance(h, lm_eval.api.model.LM)
+    out = lm_eval.simple_evaluate(model=h, tasks=["plasticlm_local_ppl"], task_manager=TaskManager(include_path=str(tmp_path)))
+    theirs = out["results"]["plasticlm_local_ppl"]
+    ours = ppl.run(Context(lm=plastic, tokenizer=tok, out_dir=tmp_path, progress=False),
+                   make_config("perplexity", overrides={"perplexity.source": str(docs)}))
+    for m in ("word_perplexity", "byte_perplexity", "bits_per_byte"):
+        assert ours[m] == pytest.approx(theirs[f"{m},none"], rel=1e-6), m
+
+
+def test_missing_harness_gives_a_clear_error(monkeypatch, tok, bigram):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_lm_eval(name, *a, **k):
+        if name.startswith("lm_eval"):
+            raise ImportError(name)
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_lm_eval)
+    monkeypatch.setattr(harness, "_CLASS", None)
+    with pytest.raises(ImportError, match=r"pip install 'plasticlm\[lmeval\]'"):
+        harness.harness_lm(bigram, tokenizer=tok)
