@@ -53,6 +53,19 @@ class ByteTokenizer:
         out.append(buf.decode("utf-8", errors="replace"))
         return "".join(out)
 
+    def token_categories(self):
+        """Category of every id (plasticlm.data.tokenizer: SPECIAL, CONTINUATION, ...), shape (V,) int8.
+
+        A byte is never word-initial: letters are continuations, space and punctuation
+        DIGIT_PUNCT, bytes of multi-byte characters OTHER."""
+        import numpy as np
+
+        from .data.tokenizer import SPECIAL, categorize_bytes
+
+        cats = np.array([categorize_bytes(bytes([i])) for i in range(256)] + [SPECIAL] * len(SPECIAL_TOKENS),
+                        dtype=np.int8)
+        return cats
+
     def token_id(self, token: str) -> int:
         try:
             return self.specials[token]

@@ -144,15 +144,17 @@ def test_mqar_maps_into_non_control_token_ids(tok):
 
 # ---- One-shot language --------------------------------------------------------------------------
 
-def test_permuted_vocabulary_is_a_bijection_keeping_controls(tok):
-    lang = oneshot.PermutedVocabulary(tok, seed=0, frequency_text="some text to count")
-    ids = list(range(tok.vocab_size))
-    assert sorted(lang.apply(ids)) == ids and lang.invert(lang.apply(ids)) == ids
-    assert sum(a != b for a, b in zip(ids, lang.apply(ids))) > 100
-    for name in ("[BOS]", "[SEP]", "[EOS]"):
-        assert lang.apply([tok.token_id(name)]) == [tok.token_id(name)]
-    for orig, new in lang.rosetta(5, 10):
-        assert lang.apply(orig) == new
+def test_default_language_is_the_shuffled_vocabulary(tok):
+    from plasticlm.data.shuffled import VocabShuffle
+
+    lang = oneshot.default_language(tok, 0, "some text to count, and more text to count " * 50, 0.2, 0.2)
+    assert isinstance(lang, VocabShuffle)
+    ids = tok.encode("The quick brown fox jumps over the lazy dog. " * 4)
+    new = oneshot.ids(lang.apply(ids))
+    assert new != ids and oneshot.ids(lang.invert(new)) == ids
+    header = oneshot.header_tokens(lang, tok, 5, 10)
+    assert header[0] == tok.token_id("[CTRL0]") and header[-1] == tok.token_id("[CTRL2]")
+    assert header.count(tok.token_id("[SEP]")) == 5
 
 
 def test_oneshot_scores_text_never_read():

@@ -9,8 +9,9 @@ The new language is any object with (the interface of issue 3's ``VocabShuffle``
                             [(original ids, new ids), ...] (rendered ``orig [SEP] new [EOS]``)
                             or as a ready header (a list of token ids)
 
-given as ``ctx.extras["language"]``; otherwise :class:`PermutedVocabulary` (a permutation of the
-tokenizer's ids within classes) is used. The stream read is ``[BOS] header text``; at each
+given as ``ctx.extras["language"]``; otherwise a ``VocabShuffle`` of the pretraining task's
+shuffled-vocabulary language (permutation within categories, fission and fusion), drawn from the
+frequencies of the text read, with at most as many Rosetta pairs as the vocabulary has tokens. The stream read is ``[BOS] header text``; at each
 checkpoint the unseen text is scored as a new document (``[BOS]`` then its tokens) from a copy
 of the state. Compared with: no reading (a fresh state, not even the header), dynamic
 evaluation (the same reading with an SGD step per segment and decay toward the original
@@ -21,8 +22,6 @@ whose tokens fission or fuse.
 from __future__ import annotations
 
 import math
-import random
-from collections import Counter
 from dataclasses import dataclass
 
 import torch
@@ -49,6 +48,10 @@ class Config:
     """Translations in the header."""
     rosetta_top: int = 10000
     """They are drawn from this many most frequent tokens."""
+    fission: float = 0.2
+    """Share of the frequent tokens the default language writes with two ids."""
+    fusion: float = 0.2
+    """Share of the frequent pairs the default language writes with one id."""
     dynamic: bool = True
     """Also run dynamic evaluation (needs an LM backed by a torch module)."""
     dynamic_lr: float = 1e-3
@@ -70,53 +73,25 @@ class Config:
                 raise ValueError(f"oneshot.{name} must be a positive integer, got {getattr(self, name)!r}")
 
 
-class PermutedVocabulary:
-    """A new language by permuting token ids within classes (leading space; letter, digit, other);
-    control tokens stay. A stand-in until ``plasticlm.data.shuffled.VocabShuffle`` is wired."""
+def default_language(tok, seed: int, text: str, fission: float, fusion: float):
+    """The shuffled vocabulary of the pretraining task (``plasticlm.data.shuffled``), drawn from
+    the categories and frequencies of ``text`` under this tokenizer."""
+    import numpy as np
 
-    def __init__(self, tokenizer, seed: int, frequency_text: str = ""):
-        specials = set()
-        for name in ("[PAD]", "[BOS]", "[EOS]", "[SEP]", "[USER]", "[AI]"):
-            try:
-                specials.add(tokenizer.token_id(name))
-            except KeyError:
-                pass
-        classes: dict[tuple, list[int]] = {}
-        for i in range(tokenizer.vocab_size):
-            if i in specials:
-                continue
-            s = tokenizer.decode([i])
-            c = s.lstrip(" ")[:1]
-            classes.setdefault((s.startswith(" "), c.isalpha(), c.isdigit()), []).append(i)
-        rng = random.Random(seed)
-        self.forward = list(range(tokenizer.vocab_size))
-        for ids in classes.values():
-            perm = ids[:]
-            rng.shuffle(perm)
-            for a, b in zip(ids, perm):
-                self.forward[a] = b
-        self.backward = [0] * len(self.forward)
-        for a, b in enumerate(self.forward):
-            self.backward[b] = a
-        self.freq = Counter(tokenizer.encode(frequency_text)) if frequency_text else Counter()
-        self.rng = random.Random(seed + 1)
+    from ..data.shuffled import VocabShuffle, VocabStats
 
-    def apply(self, ids):
-        return [self.forward[i] for i in ids]
+    stats = VocabStats.from_documents(tok, [np.asarray(tok.encode(text), dtype=np.int64)])
+    return VocabShuffle(stats, seed, fission=fission, fusion=fusion)
 
-    def invert(self, ids):
-        return [self.backward[i] for i in ids]
 
-    def rosetta(self, n: int = 2000, top: int = 10000):
-        common = [t for t, _ in self.freq.most_common(top)] or list(range(len(self.forward)))[:top]
-        pick = self.rng.sample(common, min(n, len(common)))
-        return [([t], [self.forward[t]]) for t in pick]
+def ids(x) -> list[int]:
+    return [int(t) for t in x]
 
 
 def header_tokens(language, tok, n: int, top: int) -> list[int]:
-    r = language.rosetta(n, top)
-    if r and isinstance(r[0], int):
-        return list(r)
+    r = list(language.rosetta(n, top))
+    if not r or not isinstance(r[0], tuple):  # a ready header of token ids
+        return ids(r)
     sep, eos = special(tok, "[SEP]"), special(tok, "[EOS]")
     return [t for orig, new in r for t in list(orig) + [sep] + list(new) + [eos]]
 
@@ -152,16 +127,19 @@ def score_document(lm, tok, ids: list[int], state) -> float:
 def run(ctx: Context, cfg: Config) -> dict:
     lm, tok = ctx.lm, ctx.tokenizer
     read_text, eval_text = texts(cfg.source)
-    lang = ctx.extras.get("language") or PermutedVocabulary(tok, ctx.seed, read_text[:2_000_000])
+    lang = ctx.extras.get("language") or default_language(tok, ctx.seed, read_text[:2_000_000], cfg.fission,
+                                                          cfg.fusion)
     read_ids = tok.encode(read_text)[:cfg.tokens_read]
     eval_orig = tok.encode(eval_text)[:cfg.eval_tokens]
     if len(read_ids) < cfg.tokens_read or len(eval_orig) < cfg.eval_tokens:
         raise ValueError(f"oneshot: source {cfg.source!r} holds {len(read_ids)} tokens to read and {len(eval_orig)} to "
                          f"score; tokens_read={cfg.tokens_read} and eval_tokens={cfg.eval_tokens} asked")
     nbytes = len(tok.decode(eval_orig).encode("utf-8"))
-    eval_new = lang.apply(eval_orig)
-    header = header_tokens(lang, tok, cfg.rosetta_pairs, cfg.rosetta_top)
-    new_text = lang.apply(read_ids)
+    eval_new = ids(lang.apply(eval_orig))
+    ordinary = tok.vocab_size - sum(1 for _ in getattr(tok, "specials", ()))
+    top = min(cfg.rosetta_top, ordinary)  # a byte vocabulary has fewer tokens than the 2,000 pairs asked
+    header = header_tokens(lang, tok, min(cfg.rosetta_pairs, top), top)
+    new_text = ids(lang.apply(read_ids))
     stream = [special(tok, "[BOS]")] + header + new_text
     offset = 1 + len(header)  # tokens read before the first new-language text token
     points = checkpoints(cfg.first_checkpoint, len(new_text))
