@@ -1,0 +1,62 @@
+"""torchrun, 2 processes on gloo: a worker killed mid-run, elastic restart, exact resume."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from plasticlm.trainer.metrics import read_metrics
+
+from .conftest import TINY, assert_same_weights, final_weights
+
+WORKER = str(Path(__file__).with_name("elastic_worker.py"))
+ARGS = ["tiny", *TINY, "data.kind=parking_bytes", "steps=8", "checkpoint.every=2", "loss.proxy_every=3"]
+
+
+def start(out: Path, max_restarts: int, park_at: int | None = None) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    if park_at:
+        env.update(PARK_FILE=str(out) + ".pid", PARK_AT=str(park_at))
+    code = ("import sys; from plasticlm.trainer.distributed import launch; "
+            f"sys.exit(launch(2, {max_restarts}, sys.argv[1:]))")
+    return subprocess.Popen([sys.executable, "-c", code, WORKER, *ARGS, f"out_dir={out}"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def kill_parked_worker(out: Path, job: subprocess.Popen) -> None:
+    pid_file = Path(str(out) + ".pid")
+    deadline = time.time() + 120
+    while not pid_file.exists():
+        assert job.poll() is None, job.communicate()[1][-3000:]
+        assert time.time() < deadline, "rank 1 never reached the batch it parks at"
+        time.sleep(0.1)
+    os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+
+def test_sigkilled_worker_restarts_from_checkpoint_and_matches_uninterrupted(tmp_path):
+    ref = start(tmp_path / "ref", max_restarts=0)
+    job = start(tmp_path / "elastic", max_restarts=1, park_at=5)
+    kill_parked_worker(tmp_path / "elastic", job)
+    out, err = job.communicate(timeout=240)
+    assert job.returncode == 0, err[-3000:]
+    assert "resumed from" in err and "step_00000004" in err
+    ref_out, ref_err = ref.communicate(timeout=240)
+    assert ref.returncode == 0, ref_err[-3000:]
+    assert_same_weights(final_weights(tmp_path / "elastic"), final_weights(tmp_path / "ref"))
+    losses = [r["loss"] for r in read_metrics(tmp_path / "elastic") if "loss" in r]
+    assert losses == [r["loss"] for r in read_metrics(tmp_path / "ref") if "loss" in r] and len(losses) == 8
+
+
+def test_without_restarts_the_kill_ends_the_job_with_a_clear_message(tmp_path):
+    job = start(tmp_path / "run", max_restarts=0, park_at=3)
+    kill_parked_worker(tmp_path / "run", job)
+    t0 = time.time()
+    _, err = job.communicate(timeout=120)
+    assert time.time() - t0 < 30, "the job took too long to notice the dead worker"
+    assert job.returncode == 1
+    assert "worker rank 1 failed (killed by signal SIGKILL) and no restarts are left (--max-restarts=0)" in err
