@@ -155,9 +155,9 @@ class TrainConfig:
 
             self.model = model_config(self.arch, self.model)
         for name in ("steps", "segment_len", "eval_tokens", "max_bad_steps"):
-            _positive(self, name, getattr(self, name))
+            _positive(f"TrainConfig.{name}", getattr(self, name))
         for name in ("seq_len", "batch_size"):
-            _positive(self, f"data.{name}", getattr(self.data, name))
+            _positive(f"data.{name}", getattr(self.data, name))
         _choice("backprop", self.backprop, ("segment", "full"))
         _choice("precision", self.precision, ("auto", "fp32", "bf16"))
         _choice("optim.schedule", self.optim.schedule, ("cosine", "wsd"))
@@ -189,7 +189,7 @@ class TrainConfig:
                              f"arch={self.arch!r}")
 
 
-def _positive(cfg, name, v) -> None:
+def _positive(name, v) -> None:
     if not isinstance(v, int) or isinstance(v, bool) or v < 1:
         raise ValueError(f"{name} must be a positive integer, got {v!r}")
 

@@ -322,29 +322,33 @@ class Trainer:
         if self.resumed_from is not None:
             log.write(f"resumed from {self.resumed_from} (step {self.step})")
         old = signal.signal(signal.SIGTERM, self._on_sigterm) if threading.current_thread() is threading.main_thread() else None
-        t0, start_tokens, saved_at = time.perf_counter(), self.tokens, None
+        t0, start_tokens, saved_at, valid, eval_seconds = time.perf_counter(), self.tokens, None, None, 0.0
         try:
             while self.step < cfg.steps:
                 rec = self.train_step(self.stream.next_batch())
-                tps = (self.tokens - start_tokens) / (time.perf_counter() - t0)
-                rec["tok_s"] = tps
+                rec["tok_s"] = tps = (self.tokens - start_tokens) / (time.perf_counter() - t0 - eval_seconds)
+                if self.step == cfg.steps or (cfg.log.eval_every and self.step % cfg.log.eval_every == 0):
+                    e0 = time.perf_counter()
+                    valid = rec["valid_loss"] = self.evaluate()
+                    eval_seconds += time.perf_counter() - e0
                 if rec["skipped_step"]:
                     log.write(f"step {self.step}: non-finite loss {rec['loss']} or grad norm {rec['grad_norm']}: "
                               f"skipped ({self.skipped} so far)")
-                if self.step % cfg.log.every == 0 or rec["skipped_step"] or self.step == cfg.steps:
+                if self.step % cfg.log.every == 0 or rec["skipped_step"] or "valid_loss" in rec:
                     log.log(rec)
                 log.progress(1, loss=f"{rec['loss']:.3f}", tok_s=f"{tps:,.0f}")
                 self._check_bad_steps(rec)
+                if "valid_loss" in rec and self.on_eval is not None:
+                    self.on_eval(self.step, valid)  # may raise, e.g. to prune a tuning trial
                 if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0:
                     self.save_checkpoint()
                     saved_at = self.step
                 if self.stop_requested:
                     path = self.save_checkpoint() if saved_at != self.step else self.ckpt_root / f"step_{self.step:08d}"
                     raise Stopped(self.step, path)
-                if cfg.log.eval_every and self.step % cfg.log.eval_every == 0 and self.step < cfg.steps:
-                    self._eval(log)
-            elapsed = time.perf_counter() - t0
-            valid = self._eval(log)
+            elapsed = time.perf_counter() - t0 - eval_seconds
+            if valid is None:  # resumed from the final checkpoint: nothing left to train
+                valid = self.evaluate()
             if saved_at != self.step:
                 self.save_checkpoint()
         finally:
@@ -352,13 +356,6 @@ class Trainer:
             if old is not None:
                 signal.signal(signal.SIGTERM, old)
         return self._finish(valid, elapsed, start_tokens)
-
-    def _eval(self, log: RunLogger) -> float:
-        valid = self.evaluate()
-        log.log({"step": self.step, "valid_loss": valid})
-        if self.on_eval is not None:
-            self.on_eval(self.step, valid)
-        return valid
 
     def _finish(self, valid: float, elapsed: float, start_tokens: int) -> dict:
         cfg, d = self.cfg, self.dist
@@ -373,7 +370,7 @@ class Trainer:
             per_byte = getattr(self.tokenizer, "kind", None) == "bytes"
             summary = {"steps": self.step, "tokens": self.tokens, "seconds": round(elapsed, 1),
                        "tok_s": round(done / elapsed) if elapsed > 0 else 0,
-                       "params": sum(p.numel() for p in self.model.parameters()) if not self.fsdp else None,
+                       "params": sum(p.numel() for p in self.model.parameters()),  # global sizes under FSDP too
                        "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
                        "valid_loss": valid, "valid_bits_per_byte": valid / math.log(2) if per_byte else None,
                        "skipped_steps": self.skipped, "world_size": d.world_size, "model_id": mid,
