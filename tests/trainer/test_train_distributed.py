@@ -18,13 +18,13 @@ WORKER = str(Path(__file__).with_name("elastic_worker.py"))
 ARGS = ["tiny", *TINY, "data.kind=parking_bytes", "steps=8", "checkpoint.every=2", "loss.proxy_every=3"]
 
 
-def start(out: Path, max_restarts: int, park_at: int | None = None) -> subprocess.Popen:
+def start(out: Path, max_restarts: int, park_at: int | None = None, extra: tuple[str, ...] = ()) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
     if park_at:
         env.update(PARK_FILE=str(out) + ".pid", PARK_AT=str(park_at))
     code = ("import sys; from plasticlm.trainer.distributed import launch; "
             f"sys.exit(launch(2, {max_restarts}, sys.argv[1:]))")
-    return subprocess.Popen([sys.executable, "-c", code, WORKER, *ARGS, f"out_dir={out}"], env=env,
+    return subprocess.Popen([sys.executable, "-c", code, WORKER, *ARGS, *extra, f"out_dir={out}"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -60,3 +60,17 @@ def test_without_restarts_the_kill_ends_the_job_with_a_clear_message(tmp_path):
     assert time.time() - t0 < 30, "the job took too long to notice the dead worker"
     assert job.returncode == 1
     assert "worker rank 1 failed (killed by signal SIGKILL) and no restarts are left (--max-restarts=0)" in err
+
+
+@pytest.mark.slow
+def test_fsdp2_matches_replicated_data_parallel(tmp_path):
+    """dist.fsdp=true shards the model with FSDP2; on gloo it reaches the same weights as the all-reduce path."""
+    import torch
+
+    jobs = [start(tmp_path / "ddp", 0), start(tmp_path / "fsdp", 0, extra=("dist.fsdp=true",))]
+    for j in jobs:
+        _, err = j.communicate(timeout=240)
+        assert j.returncode == 0, err[-3000:]
+    a, b = final_weights(tmp_path / "ddp"), final_weights(tmp_path / "fsdp")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import signal
 import threading
 import time
@@ -80,8 +81,6 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 class Trainer:
     def __init__(self, cfg: TrainConfig, *, progress: bool = True, on_eval=None):
         self.cfg, self.progress, self.on_eval = cfg, progress, on_eval
-        import os
-
         self.device = pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
         self.dist = Dist.from_env(cfg.dist.backend, self.device)
         torch.manual_seed(cfg.seed)
@@ -134,6 +133,9 @@ class Trainer:
             return None
         if self.state is None:
             self.state = self.model.init_state(B)
+            if not hasattr(self.state, "reset"):
+                raise ValueError(f"arch {self.cfg.arch!r} keeps a state without per-row reset "
+                                 f"({type(self.state).__name__}); train it with carry_state=false")
         return self.state.reset(batch.reset)
 
     def train_step(self, batch: Batch) -> dict:
@@ -360,10 +362,8 @@ class Trainer:
     def _finish(self, valid: float, elapsed: float, start_tokens: int) -> dict:
         cfg, d = self.cfg, self.dist
         summary = {}
+        model_sd = self._full_state_dicts()[0] if self.fsdp else self.model.state_dict()  # collective under FSDP
         if d.main:
-            model_sd = self.model.state_dict() if not self.fsdp else None
-            if model_sd is None:
-                model_sd, _ = self._full_state_dicts()
             mid = save_weights(self.out, cfg.model, model_sd, self.tokenizer, {"arch": cfg.arch, "step": self.step})
             losses = [r["loss"] for r in read_metrics(self.out) if "loss" in r and not r.get("skipped_step")]
             done = self.tokens - start_tokens
@@ -376,8 +376,6 @@ class Trainer:
                        "skipped_steps": self.skipped, "world_size": d.world_size, "model_id": mid,
                        "checkpoint": str(self.out), "config": to_dict(cfg)}
             (self.out / "summary.json").write_text(json.dumps(summary, indent=1))
-        elif self.fsdp:
-            self._full_state_dicts()  # the gather is collective
         d.barrier()
         return summary
 
