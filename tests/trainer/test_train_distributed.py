@@ -18,14 +18,46 @@ WORKER = str(Path(__file__).with_name("elastic_worker.py"))
 ARGS = ["tiny", *TINY, "data.kind=parking_bytes", "steps=8", "checkpoint.every=2", "loss.proxy_every=3"]
 
 
+JOBS: list[subprocess.Popen] = []
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_jobs():
+    """A failed test must not leave a torchrun job behind (its workers run in their own sessions)."""
+    yield
+    while JOBS:
+        job = JOBS.pop()
+        if job.poll() is None:
+            for pid in _children(job.pid) + [job.pid]:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            job.wait()
+
+
 def start(out: Path, max_restarts: int, park_at: int | None = None, extra: tuple[str, ...] = ()) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
     if park_at:
         env.update(PARK_FILE=str(out) + ".pid", PARK_AT=str(park_at))
     code = ("import sys; from plasticlm.trainer.distributed import launch; "
             f"sys.exit(launch(2, {max_restarts}, sys.argv[1:]))")
-    return subprocess.Popen([sys.executable, "-c", code, WORKER, *ARGS, *extra, f"out_dir={out}"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    job = subprocess.Popen([sys.executable, "-c", code, WORKER, *ARGS, *extra, f"out_dir={out}"], env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    JOBS.append(job)
+    return job
 
 
 def kill_parked_worker(out: Path, job: subprocess.Popen) -> None:

@@ -90,7 +90,8 @@ class CheckpointConfig:
     keep: int = 3
     """Keep the last k checkpoints."""
     resume: bool = True
-    """Continue from the newest checkpoint in out_dir/checkpoints when there is one."""
+    """Continue from the newest checkpoint in out_dir/checkpoints when there is one (false: refuse
+    to start in an out_dir that holds checkpoints)."""
     init_from: str = ""
     """Start from the weights of this checkpoint (a run dir, one of its checkpoints, or a model
     dir); optimizer, schedule and data start afresh. Used by stages."""

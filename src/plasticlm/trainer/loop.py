@@ -118,9 +118,13 @@ class Trainer:
         self.positions: torch.Tensor | None = None  # (B,) tokens each row has read of its sequence
         self.stop_requested = False
         self.resumed_from = None
-        if cfg.checkpoint.resume and (latest := ck.latest_checkpoint(self.ckpt_root)) is not None:
+        latest = ck.latest_checkpoint(self.ckpt_root)
+        if latest is not None and cfg.checkpoint.resume:
             self.load_checkpoint(latest)
             self.resumed_from = latest
+        elif latest is not None:
+            raise ValueError(f"{self.ckpt_root} holds checkpoints of an earlier run and checkpoint.resume is false: "
+                             "choose another out_dir, or delete them to start over")
 
     # -- one step ---------------------------------------------------------------------------------
 
