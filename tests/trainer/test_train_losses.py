@@ -30,12 +30,14 @@ def test_retention_mass_equals_the_brute_force_sum_over_lags():
     assert edges == [(1, 11), (11, 101), (101, 1001)]
     la = log_a.mean(dim=(0, 1)).reshape(-1)
     k = torch.arange(1, 1001, dtype=torch.float64)
-    r = torch.exp(la[:, None] * k)  # (channels, lags)
-    want = torch.stack([r[:, k0 - 1:k1 - 1].sum(1) for k0, k1 in edges], -1)
-    want = (want / want.sum(-1, keepdim=True)).mean(0)
-    got = retention_mass(log_a, edges)
-    assert torch.allclose(got.double(), want, rtol=1e-4)
-    assert got.sum().item() == pytest.approx(1.0, abs=1e-6)
+    for weighted in (True, False):
+        w = (1 - la.exp()) if weighted else torch.ones_like(la)
+        r = w[:, None] * torch.exp(la[:, None] * k)  # (channels, lags)
+        want = torch.stack([r[:, k0 - 1:k1 - 1].sum() for k0, k1 in edges])
+        want = want / want.sum()
+        got = retention_mass(log_a, edges, weighted)
+        assert torch.allclose(got.double(), want, rtol=1e-4)
+        assert got.sum().item() == pytest.approx(1.0, abs=1e-6)
 
 
 def test_gates_are_the_ones_the_forward_pass_uses(monkeypatch):

@@ -208,7 +208,8 @@ class Trainer:
         """Retention mass per lag band per layer on the probe; its KL penalty joins the gradient."""
         lc, train = self.cfg.loss, self.cfg.loss.proxy_weight > 0
         with torch.set_grad_enabled(train), self.autocast():
-            masses = [retention_mass(g, self.edges) for g in self.model.gates(probe, state)]
+            weighted = getattr(self.cfg.model, "memory", "") == "gated_average"
+            masses = [retention_mass(g, self.edges, weighted) for g in self.model.gates(probe, state)]
             penalty = proxy_penalty(masses, lc.proxy_target)
             if train and scale > 0:
                 (lc.proxy_weight * penalty / scale).backward()  # undone by the gradient scaling

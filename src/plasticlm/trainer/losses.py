@@ -2,13 +2,14 @@
 gradient-length proxy of DESIGN section 3.
 
 Along the memory path, the Jacobian of S_t with respect to S_{t-k} is diag(a_{t-k+1} ... a_t),
-so the gates tell, without any extra backward pass, how much gradient can reach lag k. For a
-channel whose geometric-mean gate over a probe is a = exp(mean log a_t), the retention at lag k
-is a^k, and its mass in the lag band [k0, k1) is the geometric sum
-a^k0 (1 - a^(k1 - k0)) / (1 - a). Normalised over the bands and averaged over the channels of a
-layer, this gives each layer's distribution of retention over short, moderate and long lags;
-the proxy penalises its KL divergence from a target spread. ``benchmarks/gradient_lag.py``
-checks it against the measured |dL_t / dx_{t-k}|.
+and what token t-k wrote into S_{t-k} carries the write weight (1 - a) of the gated average
+(1 for the 'decay' variant). So the gates tell, without any extra backward pass, how much
+gradient can reach lag k: for a channel whose geometric-mean gate over a probe is
+a = exp(mean log a_t), it is w a^k, and its mass in the lag band [k0, k1) is the geometric sum
+w a^k0 (1 - a^(k1 - k0)) / (1 - a). Summed over the channels of a layer and normalised over the
+bands, this is the layer's distribution of retention over short, moderate and long lags; the
+proxy penalises its KL divergence from a target spread. ``benchmarks/gradient_lag.py`` checks
+it against the measured |dL_t / dx_{t-k}|.
 """
 from __future__ import annotations
 
@@ -40,19 +41,21 @@ def band_edges(horizon: int, fractions: list[float]) -> list[tuple[int, int]]:
     return edges
 
 
-def retention_mass(log_a: torch.Tensor, edges: list[tuple[int, int]]) -> torch.Tensor:
-    """Share of each channel's retention a^k that falls in each lag band, averaged over channels.
+def retention_mass(log_a: torch.Tensor, edges: list[tuple[int, int]], write_weighted: bool = True) -> torch.Tensor:
+    """Share of a layer's retention w_c a_c^k that falls in each lag band, over all its channels.
 
-    log_a: (B, T, H, K) gates of one layer on a probe. Returns (n_bands,), summing to 1.
+    log_a: (B, T, H, K) gates of one layer on a probe. ``write_weighted``: w_c = 1 - a_c (the gated
+    average), else 1 (the 'decay' variant). Returns (n_bands,), summing to 1.
     """
     la = log_a.float().mean(dim=(0, 1)).reshape(-1).clamp(max=-1e-12)  # (H*K,) log of the geometric-mean gate
     one_minus_a = -torch.expm1(la)  # 1 - a, accurate for a close to 1
+    w = one_minus_a if write_weighted else torch.ones_like(la)
     masses = []
     for k0, k1 in edges:
-        # a^k0 (1 - a^(k1-k0)) / (1 - a), in a form that stays finite as a -> 1 (the sum -> k1 - k0)
-        masses.append(torch.exp(k0 * la) * -torch.expm1((k1 - k0) * la) / one_minus_a)
-    m = torch.stack(masses, dim=-1)  # (H*K, n_bands)
-    return (m / m.sum(dim=-1, keepdim=True)).mean(dim=0)
+        # w a^k0 (1 - a^(k1-k0)) / (1 - a), in a form that stays finite as a -> 1 (the sum -> k1 - k0)
+        masses.append(w * torch.exp(k0 * la) * -torch.expm1((k1 - k0) * la) / one_minus_a)
+    m = torch.stack(masses, dim=-1).sum(dim=0)  # (n_bands,)
+    return m / m.sum()
 
 
 def proxy_penalty(band_masses: list[torch.Tensor], target: list[float]) -> torch.Tensor:
