@@ -158,6 +158,9 @@ class Trainer:
         local_total = float(weights.sum())
         (global_total,) = self.dist.sum(local_total, device=self.device)
         scale = local_total * self.dist.world_size / global_total if global_total > 0 else 0.0
+        record = {}
+        if hasattr(model, "gates") and (cfg.loss.proxy_weight > 0 or (self.step + 1) % cfg.loss.proxy_every == 0):
+            record.update(self._proxy(batch.tokens[:, :cfg.loss.proxy_probe], state, scale))
         with self.autocast():
             if local_total <= 0:  # nothing to learn from on this rank: only carry the state on
                 with torch.no_grad():
@@ -170,9 +173,6 @@ class Trainer:
                 loss = segment_loss(logits, batch.targets, weights, weights.sum())
                 loss.backward()
                 loss = loss.detach()
-        record = {}
-        if hasattr(model, "gates") and (cfg.loss.proxy_weight > 0 or (self.step + 1) % cfg.loss.proxy_every == 0):
-            record.update(self._proxy(batch.tokens[:, :cfg.loss.proxy_probe], state, scale))
         if self.dist.enabled and not self.fsdp:
             self.dist.average_gradients(model.parameters(), scale)
         loss_sum, stop = self.dist.sum(float(loss) * local_total, float(self.stop_requested), device=self.device)
@@ -213,6 +213,8 @@ class Trainer:
             penalty = proxy_penalty(masses, lc.proxy_target)
             if train and scale > 0:
                 (lc.proxy_weight * penalty / scale).backward()  # undone by the gradient scaling
+        if self.fsdp and not train:  # FSDP2 leaves the root unsharded after a forward without backward
+            self.model.reshard()
         out = {"proxy": float(penalty.detach())}
         for layer, m in enumerate(masses):
             for band, v in enumerate(m.tolist()):
@@ -254,6 +256,8 @@ class Trainer:
             if not cfg.carry_state:
                 state = None
         model.train(was_training)
+        if self.fsdp:  # FSDP2 leaves the root unsharded after a forward without backward
+            model.reshard()
         total, weight = self.dist.sum(total, weight, device=self.device)
         return total / weight
 
