@@ -158,6 +158,8 @@ class Trainer:
         local_total = float(weights.sum())
         (global_total,) = self.dist.sum(local_total, device=self.device)
         scale = local_total * self.dist.world_size / global_total if global_total > 0 else 0.0
+        if self.fsdp:  # FSDP2 averages the ranks' gradients itself, unweighted (exact when totals agree)
+            scale = 1.0 if local_total > 0 else 0.0
         record = {}
         if hasattr(model, "gates") and (cfg.loss.proxy_weight > 0 or (self.step + 1) % cfg.loss.proxy_every == 0):
             record.update(self._proxy(batch.tokens[:, :cfg.loss.proxy_probe], state, scale))
