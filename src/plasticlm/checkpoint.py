@@ -47,13 +47,19 @@ def atomic_write(path: Path, write) -> None:
 def save_model(directory: str | os.PathLike, model: PlasticLM, tokenizer: Tokenizer,
                extra: dict[str, str] | None = None) -> str:
     """Write weights and tokenizer into ``directory``; returns the model_id."""
+    return save_weights(directory, model.config, model.state_dict(), tokenizer, extra)
+
+
+def save_weights(directory: str | os.PathLike, config, state_dict: dict[str, torch.Tensor], tokenizer: Tokenizer,
+                 extra: dict[str, str] | None = None) -> str:
+    """:func:`save_model` from a config and a state dict (e.g. gathered from sharded training)."""
     from safetensors.torch import save_file
 
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    mid = model_id(model.config, tensors)
-    meta = {"format": FORMAT, "config": json.dumps(model.config.to_dict()), "model_id": mid,
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    mid = model_id(config, tensors)
+    meta = {"format": FORMAT, "config": json.dumps(config.to_dict()), "model_id": mid,
             "vocab_size": str(tokenizer.vocab_size), **{k: str(v) for k, v in (extra or {}).items()}}
     atomic_write(d / TOKENIZER, tokenizer.save)
     atomic_write(d / WEIGHTS, lambda p: save_file(tensors, p, metadata=meta))

@@ -10,6 +10,8 @@ COMMANDS = [
     "plasticlm.commands.build_corpus",
     "plasticlm.commands.prepare",
     "plasticlm.commands.train",
+    "plasticlm.commands.plot",
+    "plasticlm.commands.tune",
     "plasticlm.commands.read",
     "plasticlm.commands.generate",
     "plasticlm.commands.eval",

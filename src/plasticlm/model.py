@@ -205,6 +205,25 @@ class PlasticLM(nn.Module):
         logits, state = self(token.unsqueeze(1), state)
         return logits[:, 0], state
 
+    def gates(self, tokens, state: State | None = None) -> list[torch.Tensor]:
+        """log a_t of every layer, (B, T, H, K) each, under plain autograd (for the gradient-length
+        proxy of DESIGN 3: the reversible stack's custom backward gives no gradients to
+        intermediate values). Activation memory grows with T: use short probes.
+        """
+        self._check_tokens(tokens)
+        state = self.init_state(tokens.shape[0]) if state is None else self._check_state(state, tokens.shape[0])
+        x1 = x2 = self.embed(tokens)
+        out = []
+        for i, (block, S) in enumerate(zip(self.blocks, state.layers)):
+            out.append(block.memory.inputs(block.norm_m(x2 if self.config.reversible else x1))[3])
+            if i + 1 < len(self.blocks):
+                if self.config.reversible:
+                    x1, x2, _ = block.forward_rev(x1, x2, S)
+                else:
+                    x1, _ = block(x1, S)
+                    x2 = x1
+        return out
+
     @torch.no_grad()
     def rewind(self, tokens, state_end: State) -> State:
         """The state before ``tokens`` that leads to ``state_end`` (time reversal, DESIGN 2).

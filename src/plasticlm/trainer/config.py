@@ -2,7 +2,9 @@
 
 A recipe is a YAML file (read with ``yaml.safe_load``) whose nesting mirrors
 :class:`TrainConfig`; any key the dataclasses do not declare is rejected by name, and every
-value is checked against its field's type.
+value is checked against its field's type. A recipe with a top-level ``stages:`` list is a
+*stage list*: each stage is another recipe run after the previous one, starting from its
+final weights (:func:`load_plan`).
 """
 from __future__ import annotations
 
@@ -22,64 +24,194 @@ RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
 @dataclass
 class DataConfig:
+    kind: str = "bytes"
+    """Stream kind, looked up in ``plasticlm.trainer.streams`` ('bytes': contiguous windows of
+    long sequences of UTF-8 bytes; 'traditional', 'linked', 'shuffled': the pretraining tasks)."""
     source: str = "builtin"
-    """'builtin' (the embedded standard-library docstring corpus) or the path of a UTF-8 text file."""
+    """'builtin' (the embedded standard-library docstring corpus), a UTF-8 text file, or for the
+    pretraining tasks a directory written by ``plasticlm prepare``."""
     seq_len: int = 256
     """T: tokens per row of a batch (cut into segments of ``segment_len`` for backpropagation)."""
     batch_size: int = 16
-    """B: rows per optimizer step."""
+    """B: rows per optimizer step, over all ranks (each rank reads batch_size / world_size)."""
+    doc_len: int = 0
+    """'bytes' stream: tokens in one long sequence, read in windows of seq_len with the recurrent
+    state carried from window to window; 0 means seq_len (every row starts afresh each step)."""
     valid_fraction: float = 0.02
-    """Share of the text, taken from its end, held out for validation."""
+    """'bytes' stream: share of the text, taken from its end, held out for validation."""
+    options: dict = field(default_factory=dict)
+    """Extra keyword arguments for the stream kind (its own config fields)."""
 
 
 @dataclass
 class OptimConfig:
     lr: float = 3e-3
-    """Peak learning rate of AdamW."""
+    """Peak learning rate of AdamW (fused on CUDA)."""
     weight_decay: float = 0.1
     """Decoupled weight decay on matrices (norms, biases and embeddings are not decayed)."""
     beta1: float = 0.9
     beta2: float = 0.95
+    schedule: str = "cosine"
+    """'cosine': linear warmup, then cosine decay to min_lr_ratio * lr at the last step.
+    'wsd': warmup, stable at lr, then linear decay over the last decay_fraction of the steps."""
     warmup_steps: int = 10
-    """Linear warmup from 0, then cosine decay to ``min_lr_ratio * lr`` at the last step."""
+    decay_fraction: float = 0.2
+    """'wsd' only: share of the steps spent decaying."""
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
     """Clip the global gradient norm to this value (0 disables)."""
 
 
 @dataclass
+class LossConfig:
+    ramp_tokens: int = 0
+    """Loss weight rises from 0 to 1 over the first ramp_tokens of each sequence (0: no ramp).
+    Streams that ramp their own weights (the shuffled task) need none here."""
+    ramp: str = "linear"
+    """Ramp shape: 'linear' or 'cosine'."""
+    proxy_weight: float = 0.0
+    """Weight of the gradient-length proxy (DESIGN 3); 0 only logs the retention mass."""
+    proxy_horizon: int = 0
+    """Training length the lag bands are relative to, in tokens; 0 means doc_len or seq_len."""
+    proxy_bands: list = field(default_factory=lambda: [0.01, 0.1, 1.0])
+    """Upper edges of the lag bands as fractions of the horizon (short, moderate, long)."""
+    proxy_target: list = field(default_factory=lambda: [0.4, 0.3, 0.3])
+    """Target share of the retention mass in each band (sums to 1)."""
+    proxy_probe: int = 64
+    """Tokens per row of the probe the gates are computed on (the start of each batch)."""
+    proxy_every: int = 10
+    """Log the retention mass every this many steps (every step when proxy_weight > 0)."""
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 0
+    """Save every this many steps (0: only at the end and on SIGTERM)."""
+    keep: int = 3
+    """Keep the last k checkpoints."""
+    resume: bool = True
+    """Continue from the newest checkpoint in out_dir/checkpoints when there is one (false: refuse
+    to start in an out_dir that holds checkpoints)."""
+    init_from: str = ""
+    """Start from the weights of this checkpoint (a run dir, one of its checkpoints, or a model
+    dir); optimizer, schedule and data start afresh. Used by stages."""
+
+
+@dataclass
+class LogConfig:
+    every: int = 1
+    """Write a metrics line every this many steps."""
+    tensorboard: str = "auto"
+    """'auto' (write event files when tensorboard is installed), 'required', 'disabled'."""
+    eval_every: int = 0
+    """Validation loss every this many steps (0: only at the end)."""
+
+
+@dataclass
+class DistConfig:
+    backend: str = "auto"
+    """'auto' (nccl on CUDA, gloo on CPU), 'gloo' or 'nccl'; used when launched by torchrun."""
+    fsdp: bool = False
+    """Shard parameters, gradients and optimizer state with FSDP2 instead of replicating them."""
+
+
+@dataclass
 class TrainConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: Any = field(default_factory=ModelConfig)
+    """The architecture's config (ModelConfig for 'plasticlm')."""
+    arch: str = "plasticlm"
+    """'plasticlm', or a baseline registered in plasticlm.trainer.models (e.g. 'transformer')."""
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
     steps: int = 60
     """Optimizer steps."""
     segment_len: int = 128
     """L: tokens per row recomputed with a graph at a time (exact segment-wise BPTT)."""
+    backprop: str = "segment"
+    """'segment' (exact constant-memory segment BPTT, PlasticLM) or 'full' (plain autograd over
+    the whole batch; any model, e.g. the Transformer baseline)."""
+    carry_state: bool = True
+    """Carry each row's recurrent state into its next window (reset where a sequence starts)."""
+    precision: str = "auto"
+    """'auto' (bf16 autocast on CUDA, fp32 on CPU), 'fp32' or 'bf16'."""
+    compile: bool = False
+    """torch.compile the blocks' memory and feed-forward modules."""
+    max_bad_steps: int = 5
+    """Stop with an error after this many non-finite steps in a row."""
     seed: int = 0
     out_dir: str = "runs/tiny"
-    """Where the checkpoint and metrics go."""
+    """Where checkpoints, metrics and the final model go."""
     device: str = "auto"
     """'auto' (cuda when available), 'cpu', 'cuda', 'cuda:N'."""
     eval_tokens: int = 32768
-    """Validation tokens scored at the end of the run."""
+    """Validation tokens scored at each evaluation."""
 
     def __post_init__(self) -> None:
-        for name in ("steps", "segment_len", "eval_tokens"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"TrainConfig.{name} must be a positive integer, got {getattr(self, name)!r}")
-        if self.data.seq_len < 1 or self.data.batch_size < 1:
-            raise ValueError(f"data.seq_len and data.batch_size must be >= 1, got {self.data.seq_len}, "
-                             f"{self.data.batch_size}")
+        if isinstance(self.model, dict):
+            from .models import model_config
+
+            self.model = model_config(self.arch, self.model)
+        for name in ("steps", "segment_len", "eval_tokens", "max_bad_steps"):
+            _positive(f"TrainConfig.{name}", getattr(self, name))
+        for name in ("seq_len", "batch_size"):
+            _positive(f"data.{name}", getattr(self.data, name))
+        _choice("backprop", self.backprop, ("segment", "full"))
+        _choice("precision", self.precision, ("auto", "fp32", "bf16"))
+        _choice("optim.schedule", self.optim.schedule, ("cosine", "wsd"))
+        _choice("loss.ramp", self.loss.ramp, ("linear", "cosine"))
+        _choice("log.tensorboard", self.log.tensorboard, ("auto", "required", "disabled"))
+        _choice("dist.backend", self.dist.backend, ("auto", "gloo", "nccl"))
         if not 0 < self.data.valid_fraction < 1:
             raise ValueError(f"data.valid_fraction must lie in (0, 1), got {self.data.valid_fraction}")
+        if self.data.doc_len < 0 or (self.data.doc_len and self.data.doc_len < self.data.seq_len):
+            raise ValueError(f"data.doc_len must be 0 or >= data.seq_len={self.data.seq_len}, got {self.data.doc_len}")
+        if not 0 <= self.optim.warmup_steps or not 0 < self.optim.decay_fraction <= 1:
+            raise ValueError("optim.warmup_steps must be >= 0 and optim.decay_fraction in (0, 1]")
+        if self.checkpoint.keep < 1 or self.checkpoint.every < 0:
+            raise ValueError(f"checkpoint.keep must be >= 1 and checkpoint.every >= 0, got {self.checkpoint.keep}, "
+                             f"{self.checkpoint.every}")
+        lc = self.loss
+        if len(lc.proxy_bands) != len(lc.proxy_target) or not lc.proxy_bands:
+            raise ValueError(f"loss.proxy_bands ({lc.proxy_bands}) and loss.proxy_target ({lc.proxy_target}) "
+                             "must be non-empty lists of equal length")
+        if sorted(lc.proxy_bands) != list(lc.proxy_bands) or lc.proxy_bands[0] <= 0:
+            raise ValueError(f"loss.proxy_bands must be increasing fractions > 0, got {lc.proxy_bands}")
+        if abs(sum(lc.proxy_target) - 1) > 1e-6 or min(lc.proxy_target) < 0:
+            raise ValueError(f"loss.proxy_target must be shares >= 0 summing to 1, got {lc.proxy_target}")
+        if lc.proxy_weight < 0 or lc.ramp_tokens < 0 or lc.proxy_probe < 1 or lc.proxy_every < 1:
+            raise ValueError("loss.proxy_weight and loss.ramp_tokens must be >= 0, loss.proxy_probe and "
+                             "loss.proxy_every >= 1")
+        if self.backprop == "segment" and self.arch != "plasticlm":
+            raise ValueError(f"backprop='segment' needs the plasticlm architecture; use backprop=full for "
+                             f"arch={self.arch!r}")
+
+
+def _positive(name, v) -> None:
+    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+        raise ValueError(f"{name} must be a positive integer, got {v!r}")
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
 
 
 def _check_type(value: Any, tp: Any, where: str) -> Any:
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
-    ok = {int: lambda v: isinstance(v, int) and not isinstance(v, bool), float: lambda v: isinstance(v, float) and math.isfinite(v),
-          bool: lambda v: isinstance(v, bool), str: lambda v: isinstance(v, str)}.get(tp)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    ok = {int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+          float: lambda v: isinstance(v, float) and math.isfinite(v),
+          bool: lambda v: isinstance(v, bool), str: lambda v: isinstance(v, str),
+          list: lambda v: isinstance(v, list), dict: lambda v: isinstance(v, dict)}.get(tp)
     if ok is not None and not ok(value):
         raise ValueError(f"{where} must be of type {tp.__name__}, got {value!r} ({type(value).__name__})")
     return value
@@ -97,10 +229,14 @@ def from_dict(cls, data: dict[str, Any], where: str = ""):
         if key not in fields:
             raise ValueError(f"unknown config key {name!r}; valid keys here: {sorted(fields)}")
         tp = hints[key]
-        if dataclasses.is_dataclass(tp):
+        if cls is TrainConfig and key == "model":
+            from .models import model_config
+
+            kwargs[key] = model_config(data.get("arch", "plasticlm"), value, where=name)
+        elif dataclasses.is_dataclass(tp):
             kwargs[key] = from_dict(tp, value, name)
         else:
-            kwargs[key] = _check_type(value, tp, name)
+            kwargs[key] = _check_type(value, typing.get_origin(tp) or tp, name)
     return cls(**kwargs)
 
 
@@ -116,30 +252,99 @@ def recipe_path(recipe: str) -> Path:
         return p
     p = RECIPES / f"{recipe}.yaml"
     if not p.exists():
-        known = sorted(x.stem for x in RECIPES.glob("*.yaml"))
-        raise ValueError(f"unknown recipe {recipe!r}; shipped recipes: {known} (or pass a .yaml path)")
+        raise ValueError(f"unknown recipe {recipe!r}; shipped recipes: {shipped_recipes()} (or pass a .yaml path)")
     return p
 
 
-def load_config(recipe: str = "tiny", overrides: list[str] = ()) -> TrainConfig:
-    """Read a recipe and apply ``section.key=value`` overrides (values parsed as YAML scalars)."""
+def shipped_recipes() -> list[str]:
+    return sorted(x.stem for x in RECIPES.glob("*.yaml"))
+
+
+def read_recipe(recipe: str) -> tuple[Path, dict[str, Any]]:
     path = recipe_path(recipe)
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ValueError(f"{path}: invalid YAML: {e}") from None
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} must look like key=value (e.g. optim.lr=1e-3)")
-        key, raw = item.split("=", 1)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a recipe must be a mapping of config keys, got {type(data).__name__}")
+    return path, data
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | dict[str, Any]) -> dict[str, Any]:
+    """Set ``section.key=value`` items (values parsed as YAML scalars) in nested ``data``."""
+    items = overrides.items() if isinstance(overrides, dict) else [_split(o) for o in overrides]
+    for key, value in items:
         node = data
-        *parents, leaf = key.strip().split(".")
+        *parents, leaf = str(key).strip().split(".")
         for part in parents:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ValueError(f"override {item!r}: {part!r} is not a section")
-        node[leaf] = yaml.safe_load(raw)
+                raise ValueError(f"override {key!r}: {part!r} is not a section")
+        node[leaf] = value
+    return data
+
+
+def _split(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ValueError(f"override {item!r} must look like key=value (e.g. optim.lr=1e-3)")
+    key, raw = item.split("=", 1)
+    return key, yaml.safe_load(raw)
+
+
+def load_config(recipe: str = "tiny", overrides: list[str] = ()) -> TrainConfig:
+    """Read a single-stage recipe and apply ``section.key=value`` overrides."""
+    path, data = read_recipe(recipe)
+    if "stages" in data:
+        raise ValueError(f"{path} is a stage list; read it with load_plan")
     try:
-        return from_dict(TrainConfig, data)
+        return from_dict(TrainConfig, apply_overrides(data, overrides))
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
+
+
+def load_plan(recipe: str = "tiny", overrides: list[str] = ()) -> list[TrainConfig]:
+    """The stages a recipe asks for: one config, or one per entry of a stage list.
+
+    A stage list is ``stages: [{recipe: NAME, overrides: {key: value}}, ...]`` plus an optional
+    ``out_dir``. Stage i writes to ``out_dir/i-NAME`` and, unless its entry's overrides set
+    ``checkpoint.init_from``, starts from stage i-1's final weights. The command-line
+    overrides apply to every stage.
+    """
+    path, data = read_recipe(recipe)
+    if "stages" not in data:
+        return [load_config(recipe, overrides)]
+    unknown = sorted(set(data) - {"stages", "out_dir"})
+    if unknown:
+        raise ValueError(f"{path}: a stage list holds only 'stages' and 'out_dir', found {unknown}")
+    stages = data["stages"]
+    if not isinstance(stages, list) or not stages:
+        raise ValueError(f"{path}: 'stages' must be a non-empty list of {{recipe: NAME, overrides: {{...}}}}")
+    pairs = [_split(o) for o in overrides]
+    root = Path(data.get("out_dir", f"runs/{path.stem}"))
+    for key, value in pairs:
+        if key.strip() == "out_dir":  # for a stage list, out_dir is the root of the stages' dirs
+            root = Path(str(value))
+    pairs = [(k, v) for k, v in pairs if k.strip() != "out_dir"]
+    configs, prev = [], None
+    for i, st in enumerate(stages):
+        if isinstance(st, str):
+            st = {"recipe": st}
+        if not isinstance(st, dict) or "recipe" not in st or set(st) - {"recipe", "overrides"}:
+            raise ValueError(f"{path}: stage {i} must be {{recipe: NAME, overrides: {{...}}}}, got {st!r}")
+        sub_path, sub = read_recipe(st["recipe"])
+        if "stages" in sub:
+            raise ValueError(f"{path}: stage {i} names another stage list ({sub_path})")
+        sub = apply_overrides(sub, st.get("overrides") or {})
+        sub = apply_overrides(sub, {"out_dir": str(root / f"{i + 1}-{Path(st['recipe']).stem}")})
+        own = st.get("overrides") or {}
+        if prev is not None and "checkpoint.init_from" not in own and "init_from" not in own.get("checkpoint", {}):
+            sub = apply_overrides(sub, {"checkpoint.init_from": prev})
+        sub = apply_overrides(sub, dict(pairs))
+        try:
+            cfg = from_dict(TrainConfig, sub)
+        except ValueError as e:
+            raise ValueError(f"{path}: stage {i} ({sub_path}): {e}") from None
+        configs.append(cfg)
+        prev = cfg.out_dir
+    return configs

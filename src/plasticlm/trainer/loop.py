@@ -1,45 +1,61 @@
-"""The training loop: AdamW, warmup + cosine, exact segment-wise BPTT, progress bar, checkpoint."""
+"""The training loop: one optimizer step per batch of the stream, resumable to the bit.
+
+Each step: reset the carried recurrent state of rows that start a new sequence, backpropagate
+the weighted loss (exact segment BPTT, or plain autograd with ``backprop: full``), add the
+gradient-length proxy, average gradients over ranks, clip, and step AdamW unless the loss or
+the gradient norm is not finite (then the step is skipped on every rank and counted).
+Everything the next step depends on (weights, optimizer, step, RNG, data cursor, carried
+state) goes into the checkpoint, so a resumed run repeats the uninterrupted one exactly.
+"""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
+import signal
+import threading
 import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
-from ..checkpoint import save_model
-from ..model import PlasticLM
-from ..tokenizer import ByteTokenizer
+from ..checkpoint import WEIGHTS, save_weights
+from ..data.stream import Batch
+from ..state import State
+from . import checkpointing as ck
 from .config import TrainConfig, to_dict
-from .segment import segment_backward
+from .distributed import Dist, shard_fsdp
+from .losses import band_edges, proxy_penalty, ramp_weights, retention_mass
+from .metrics import RunLogger, read_metrics
+from .models import build_model
+from .segment import segment_backward, segment_loss
+from .streams import build_stream, stream_tokenizer
 
 
-def pick_device(name: str) -> torch.device:
+class TrainingError(RuntimeError):
+    """The run cannot go on (e.g. too many non-finite steps); the last checkpoint is intact."""
+
+
+class Stopped(Exception):
+    """SIGTERM: a checkpoint was saved at ``step``."""
+
+    def __init__(self, step: int, path: Path):
+        super().__init__(f"stopped by SIGTERM at step {step}; checkpoint {path}")
+        self.step, self.path = step, path
+
+
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but this machine has no CUDA device")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} asked for, but this machine has no CUDA device")
+        if dev.index is None:
+            dev = torch.device("cuda", local_rank)
+        torch.cuda.set_device(dev)
     return dev
-
-
-def load_text(source: str) -> str:
-    if source == "builtin":
-        from ..data.builtin import builtin_corpus
-
-        return builtin_corpus()
-    path = Path(source)
-    if not path.is_file():
-        raise FileNotFoundError(f"data.source: {source!r} is neither 'builtin' nor an existing text file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"data.source {path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
-    if not text.strip():
-        raise ValueError(f"data.source {path}: the file is empty")
-    return text
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float):
@@ -52,77 +68,345 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     o = cfg.optim
     if step < o.warmup_steps:
         return o.lr * (step + 1) / o.warmup_steps
+    if o.schedule == "wsd":
+        decay_start = cfg.steps - max(1, round(o.decay_fraction * cfg.steps))
+        if step < decay_start:
+            return o.lr
+        progress = (step - decay_start + 1) / max(1, cfg.steps - decay_start)
+        return o.lr * (1 - (1 - o.min_lr_ratio) * progress)
     progress = (step - o.warmup_steps) / max(1, cfg.steps - o.warmup_steps)
     return o.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-@torch.no_grad()
-def evaluate(model: PlasticLM, tokens: torch.Tensor, seq_len: int, device) -> float:
-    """Mean next-token loss (nats) over rows of seq_len tokens, each row read from an empty state."""
-    n = (tokens.numel() - 1) // seq_len
-    if n < 1:
-        raise ValueError(f"validation split holds {tokens.numel()} tokens, fewer than one row of {seq_len + 1}")
-    x = tokens[: n * seq_len].view(n, seq_len).to(device)
-    y = tokens[1: n * seq_len + 1].view(n, seq_len).to(device)
-    total = 0.0
-    for i in range(0, n, 16):
-        logits, _ = model(x[i:i + 16])
-        total += torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), y[i:i + 16].flatten(),
-                                                   reduction="sum").item()
-    return total / y.numel()
+class Trainer:
+    def __init__(self, cfg: TrainConfig, *, progress: bool = True, on_eval=None):
+        self.cfg, self.progress, self.on_eval = cfg, progress, on_eval
+        self.device = pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
+        self.dist = Dist.from_env(cfg.dist.backend, self.device)
+        torch.manual_seed(cfg.seed)
+        self.tokenizer = stream_tokenizer(cfg.data)
+        if cfg.model.vocab_size != self.tokenizer.vocab_size:
+            raise ValueError(f"model.vocab_size={cfg.model.vocab_size} does not match the tokenizer of data.kind="
+                             f"{cfg.data.kind!r} ({self.tokenizer.vocab_size} tokens)")
+        model = build_model(cfg.arch, cfg.model)
+        if cfg.checkpoint.init_from:
+            missing = model.load_state_dict(ck.load_weights(cfg.checkpoint.init_from), strict=False)
+            if missing.missing_keys or missing.unexpected_keys:
+                raise ValueError(f"checkpoint.init_from={cfg.checkpoint.init_from}: weights do not fit the model "
+                                 f"(missing {missing.missing_keys[:3]}, unexpected {missing.unexpected_keys[:3]})")
+        self.model = model.to(self.device)
+        if cfg.compile:
+            for block in getattr(model, "blocks", []):
+                for m in block.children():
+                    m.compile()
+        self.fsdp = cfg.dist.fsdp and self.dist.enabled
+        if self.fsdp:
+            shard_fsdp(self.model)
+        self.opt = torch.optim.AdamW(param_groups(self.model, cfg.optim.weight_decay), lr=cfg.optim.lr,
+                                     betas=(cfg.optim.beta1, cfg.optim.beta2), fused=self.device.type == "cuda")
+        self.stream = build_stream(cfg.data, split="train", rank=self.dist.rank, world_size=self.dist.world_size,
+                                   seed=cfg.seed)
+        bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda")
+        self.autocast = (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+        self.out = Path(cfg.out_dir)
+        self.ckpt_root = self.out / "checkpoints"
+        horizon = cfg.loss.proxy_horizon or cfg.data.doc_len or cfg.data.seq_len
+        self.edges = band_edges(horizon, cfg.loss.proxy_bands)
+        # What a checkpoint restores:
+        self.step = self.tokens = self.skipped = self.bad_in_row = 0
+        self.state: State | None = None  # carried recurrent state, one row per batch row
+        self.positions: torch.Tensor | None = None  # (B,) tokens each row has read of its sequence
+        self.stop_requested = False
+        self.resumed_from = None
+        latest = ck.latest_checkpoint(self.ckpt_root)
+        if latest is not None and cfg.checkpoint.resume:
+            self.load_checkpoint(latest)
+            self.resumed_from = latest
+        elif latest is not None:
+            raise ValueError(f"{self.ckpt_root} holds checkpoints of an earlier run and checkpoint.resume is false: "
+                             "choose another out_dir, or delete them to start over")
 
+    # -- one step ---------------------------------------------------------------------------------
 
-def train(cfg: TrainConfig, progress: bool = True) -> dict:
-    """Train a model from scratch as ``cfg`` says; returns the run summary (also written to out_dir)."""
-    device = pick_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    tok = ByteTokenizer()
-    if cfg.model.vocab_size != tok.vocab_size:
-        raise ValueError(f"model.vocab_size={cfg.model.vocab_size} does not match the byte tokenizer's "
-                         f"{tok.vocab_size} tokens")
-    data = torch.tensor(tok.encode(load_text(cfg.data.source)), dtype=torch.long)
-    n_valid = max(cfg.data.seq_len + 1, int(len(data) * cfg.data.valid_fraction))
-    train_ids, valid_ids = data[:-n_valid], data[-n_valid:]
-    T, B = cfg.data.seq_len, cfg.data.batch_size
-    if len(train_ids) < T + 1:
-        raise ValueError(f"data.source holds {len(data)} tokens: too few for rows of {T + 1} plus validation")
+    def _start_state(self, batch: Batch):
+        B, T = batch.tokens.shape
+        if self.positions is None:
+            self.positions = torch.zeros(B, dtype=torch.long, device=self.device)
+        self.positions = torch.where(batch.reset, torch.zeros_like(self.positions), self.positions)
+        if not self.cfg.carry_state:
+            return None
+        if self.state is None:
+            self.state = self.model.init_state(B)
+            if not hasattr(self.state, "reset"):
+                raise ValueError(f"arch {self.cfg.arch!r} keeps a state without per-row reset "
+                                 f"({type(self.state).__name__}); train it with carry_state=false")
+        return self.state.reset(batch.reset)
 
-    model = PlasticLM(cfg.model).to(device)
-    opt = torch.optim.AdamW(param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
-                            betas=(cfg.optim.beta1, cfg.optim.beta2), fused=device.type == "cuda")
-    gen = torch.Generator().manual_seed(cfg.seed)
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    log = (out / "metrics.jsonl").open("w")
-
-    losses, t0, seen = [], time.perf_counter(), 0
-    bar = tqdm(range(cfg.steps), desc="train", unit="step", disable=not progress, dynamic_ncols=True)
-    for step in bar:
-        starts = torch.randint(0, len(train_ids) - T - 1, (B,), generator=gen)
-        rows = torch.stack([train_ids[s:s + T + 1] for s in starts.tolist()]).to(device)
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg)
-        loss = float(segment_backward(model, rows[:, :-1], rows[:, 1:], cfg.segment_len))
+    def train_step(self, batch: Batch) -> dict:
+        cfg, model = self.cfg, self.model
+        batch = batch.to(self.device)
+        state = self._start_state(batch)
+        B, T = batch.tokens.shape
+        weights = batch.weights.float()
+        if cfg.loss.ramp_tokens:
+            weights = weights * ramp_weights(self.positions, T, cfg.loss.ramp_tokens, cfg.loss.ramp)
+        lr = lr_at(self.step, cfg)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        # Global token normalisation: every rank's loss is divided by its own weight total, so its
+        # gradient is scaled by local_total * world / global_total before the ranks are averaged.
+        local_total = float(weights.sum())
+        (global_total,) = self.dist.sum(local_total, device=self.device)
+        scale = local_total * self.dist.world_size / global_total if global_total > 0 else 0.0
+        if self.fsdp:  # FSDP2 averages the ranks' gradients itself, unweighted (exact when totals agree)
+            scale = 1.0 if local_total > 0 else 0.0
+        record = {}
+        if hasattr(model, "gates") and (cfg.loss.proxy_weight > 0 or (self.step + 1) % cfg.loss.proxy_every == 0):
+            record.update(self._proxy(batch.tokens[:, :cfg.loss.proxy_probe], state, scale))
+        with self.autocast():
+            if local_total <= 0:  # nothing to learn from on this rank: only carry the state on
+                with torch.no_grad():
+                    loss, new_state = torch.zeros((), device=self.device), model(batch.tokens, state)[1]
+            elif cfg.backprop == "segment":
+                loss, new_state = segment_backward(model, batch.tokens, batch.targets, cfg.segment_len, weights,
+                                                   state, return_state=True)
+            else:
+                logits, new_state = model(batch.tokens, state)
+                loss = segment_loss(logits, batch.targets, weights, weights.sum())
+                loss.backward()
+                loss = loss.detach()
+        if self.dist.enabled and not self.fsdp:
+            self.dist.average_gradients(model.parameters(), scale)
+        loss_sum, stop = self.dist.sum(float(loss) * local_total, float(self.stop_requested), device=self.device)
+        loss = loss_sum / global_total if global_total > 0 else float("nan")
+        self.stop_requested = stop > 0  # one rank's SIGTERM stops them all at the same step
         gnorm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip or float("inf")))
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        seen += B * T
-        losses.append(loss)
-        tps = seen / (time.perf_counter() - t0)
-        bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:,.0f}")
-        log.write(json.dumps({"step": step + 1, "loss": loss, "grad_norm": gnorm, "lr": lr_at(step, cfg),
-                              "tokens": seen, "tok_s": tps}) + "\n")
-        log.flush()
-    bar.close()
-    log.close()
-    elapsed = time.perf_counter() - t0
+        finite = math.isfinite(loss) and math.isfinite(gnorm)  # the same on every rank: both were reduced
+        if finite:
+            self.opt.step()
+            self.bad_in_row = 0
+        else:
+            self.skipped += 1
+            self.bad_in_row += 1
+        self.opt.zero_grad(set_to_none=True)
+        if new_state is not None and cfg.carry_state:
+            self.state = self._finite_rows(new_state.detach())
+        self.positions = self.positions + T
+        self.step += 1
+        self.tokens += B * T * self.dist.world_size
+        record.update(step=self.step, loss=loss, grad_norm=gnorm, lr=lr, tokens=self.tokens,
+                      skipped=self.skipped, skipped_step=not finite)
+        return record
 
-    model.eval()
-    valid_loss = evaluate(model, valid_ids[: cfg.eval_tokens + 1], T, device)
-    mid = save_model(out, model, tok)
-    summary = {"steps": cfg.steps, "tokens": seen, "seconds": round(elapsed, 1), "tok_s": round(seen / elapsed),
-               "params": model.num_params(), "first_loss": losses[0], "last_loss": losses[-1],
-               "valid_loss": valid_loss, "valid_bits_per_byte": valid_loss / math.log(2),
-               "model_id": mid, "checkpoint": str(out), "config": to_dict(cfg)}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    return summary
+    def _check_bad_steps(self, rec: dict) -> None:
+        if self.bad_in_row >= self.cfg.max_bad_steps:
+            last = ck.latest_checkpoint(self.ckpt_root)
+            raise TrainingError(f"{self.bad_in_row} non-finite steps in a row (steps "
+                                f"{self.step - self.bad_in_row + 1}..{self.step}: loss {rec['loss']}, grad norm "
+                                f"{rec['grad_norm']}); stopping (max_bad_steps={self.cfg.max_bad_steps}). The weights "
+                                f"are those before the first of them; last checkpoint: {last or 'none'}")
+
+    def _proxy(self, probe: torch.Tensor, state: State | None, scale: float) -> dict:
+        """Retention mass per lag band per layer on the probe; its KL penalty joins the gradient."""
+        lc, train = self.cfg.loss, self.cfg.loss.proxy_weight > 0
+        with torch.set_grad_enabled(train), self.autocast():
+            weighted = getattr(self.cfg.model, "memory", "") == "gated_average"
+            masses = [retention_mass(g, self.edges, weighted) for g in self.model.gates(probe, state)]
+            penalty = proxy_penalty(masses, lc.proxy_target)
+            if train and scale > 0:
+                (lc.proxy_weight * penalty / scale).backward()  # undone by the gradient scaling
+        if self.fsdp and not train:  # FSDP2 leaves the root unsharded after a forward without backward
+            self.model.reshard()
+        out = {"proxy": float(penalty.detach())}
+        for layer, m in enumerate(masses):
+            for band, v in enumerate(m.tolist()):
+                out[f"retention/L{layer}/band{band}"] = v
+        return out
+
+    @staticmethod
+    def _finite_rows(state: State) -> State:
+        bad = torch.zeros(state.batch_size, dtype=torch.bool, device=state.layers[0].device)
+        for s in state.layers:
+            bad |= ~torch.isfinite(s).flatten(1).all(dim=1)
+        return state.reset(bad) if bad.any() else state
+
+    # -- evaluation --------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Weighted mean next-token loss (nats) over eval_tokens of the validation stream, every
+        row read window by window with its state carried, as in training."""
+        cfg, model = self.cfg, self.model
+        stream = build_stream(cfg.data, split="valid", rank=self.dist.rank, world_size=self.dist.world_size,
+                              seed=cfg.seed)
+        per_batch = cfg.data.batch_size * cfg.data.seq_len
+        n = max(1, math.ceil(cfg.eval_tokens / per_batch))
+        was_training = model.training
+        model.eval()
+        total = weight = 0.0
+        state = None
+        for _ in range(n):
+            b = stream.next_batch().to(self.device)
+            if cfg.carry_state:
+                state = model.init_state(b.tokens.shape[0]) if state is None else state.reset(b.reset)
+            with self.autocast():
+                logits, state = model(b.tokens, state)
+            ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), b.targets.flatten(), reduction="none")
+            w = b.weights.flatten().float()
+            total += float((ce * w).sum())
+            weight += float(w.sum())
+            if not cfg.carry_state:
+                state = None
+        model.train(was_training)
+        if self.fsdp:  # FSDP2 leaves the root unsharded after a forward without backward
+            model.reshard()
+        total, weight = self.dist.sum(total, weight, device=self.device)
+        return total / weight
+
+    # -- checkpoints ------------------------------------------------------------------------------
+
+    def _full_state_dicts(self):
+        if self.fsdp:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+            return get_state_dict(self.model, self.opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return self.model.state_dict(), self.opt.state_dict()
+
+    def save_checkpoint(self) -> Path:
+        d = self.dist
+        tmp = self.ckpt_root / f".tmp-step_{self.step:08d}"
+        if d.main:
+            ck.staging_dir(self.ckpt_root, self.step)
+        d.barrier()
+        rng = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        ck.write_state(tmp, f"rank{d.rank}", {
+            "rng": rng, "stream": self.stream.state_dict(), "positions": self.positions,
+            "state": None if self.state is None else self.state.layers})
+        model_sd, optim_sd = self._full_state_dicts()  # collective under FSDP
+        d.barrier()
+        path = self.ckpt_root / f"step_{self.step:08d}"
+        if d.main:
+            save_weights(tmp, self.cfg.model, model_sd, self.tokenizer, {"arch": self.cfg.arch, "step": self.step})
+            ck.write_state(tmp, "optim", optim_sd)
+            ck.write_json(tmp / "trainer.json", {
+                "step": self.step, "tokens": self.tokens, "skipped": self.skipped, "bad_in_row": self.bad_in_row,
+                "world_size": d.world_size, "config": to_dict(self.cfg)})
+            ck.commit(self.ckpt_root, self.step, self.cfg.checkpoint.keep)
+        d.barrier()
+        return path
+
+    def load_checkpoint(self, path: Path) -> None:
+        ck.verify(path)
+        meta = ck.read_json(path / "trainer.json")
+        if meta["world_size"] != self.dist.world_size:
+            raise ValueError(f"{path} was written by {meta['world_size']} ranks, this run has {self.dist.world_size}; "
+                             "resume with the same number of processes (or start a new out_dir with init_from)")
+        weights = ck.read_tensors(path / WEIGHTS)
+        optim = ck.read_state(path, "optim")
+        if self.fsdp:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+            set_state_dict(self.model, self.opt, model_state_dict=weights, optim_state_dict=optim,
+                           options=StateDictOptions(full_state_dict=True))
+        else:
+            self.model.load_state_dict(weights)
+            self.opt.load_state_dict(optim)
+        mine = ck.read_state(path, f"rank{self.dist.rank}")
+        torch.set_rng_state(mine["rng"]["torch"])
+        if "cuda" in mine["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(mine["rng"]["cuda"], self.device)
+        self.stream.load_state_dict(mine["stream"])
+        self.positions = None if mine["positions"] is None else mine["positions"].to(self.device)
+        self.state = None if mine["state"] is None else State([s.to(self.device) for s in mine["state"]])
+        self.step, self.tokens = meta["step"], meta["tokens"]
+        self.skipped, self.bad_in_row = meta["skipped"], meta["bad_in_row"]
+
+    # -- the run ----------------------------------------------------------------------------------
+
+    def _on_sigterm(self, signum, frame) -> None:
+        self.stop_requested = True
+
+    def run(self) -> dict:
+        cfg, d = self.cfg, self.dist
+        log = RunLogger(self.out, enabled=d.main, tensorboard=cfg.log.tensorboard, total_steps=cfg.steps,
+                        start_step=self.step, progress=self.progress)
+        if self.resumed_from is not None:
+            log.write(f"resumed from {self.resumed_from} (step {self.step})")
+        old = signal.signal(signal.SIGTERM, self._on_sigterm) if threading.current_thread() is threading.main_thread() else None
+        t0, start_tokens, saved_at, valid, eval_seconds = time.perf_counter(), self.tokens, None, None, 0.0
+        try:
+            while self.step < cfg.steps:
+                rec = self.train_step(self.stream.next_batch())
+                rec["tok_s"] = tps = (self.tokens - start_tokens) / (time.perf_counter() - t0 - eval_seconds)
+                if self.step == cfg.steps or (cfg.log.eval_every and self.step % cfg.log.eval_every == 0):
+                    e0 = time.perf_counter()
+                    valid = rec["valid_loss"] = self.evaluate()
+                    eval_seconds += time.perf_counter() - e0
+                if rec["skipped_step"]:
+                    log.write(f"step {self.step}: non-finite loss {rec['loss']} or grad norm {rec['grad_norm']}: "
+                              f"skipped ({self.skipped} so far)")
+                if self.step % cfg.log.every == 0 or rec["skipped_step"] or "valid_loss" in rec:
+                    log.log(rec)
+                log.progress(1, loss=f"{rec['loss']:.3f}", tok_s=f"{tps:,.0f}")
+                self._check_bad_steps(rec)
+                if "valid_loss" in rec and self.on_eval is not None:
+                    self.on_eval(self.step, valid)  # may raise, e.g. to prune a tuning trial
+                if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0:
+                    self.save_checkpoint()
+                    saved_at = self.step
+                if self.stop_requested:
+                    path = self.save_checkpoint() if saved_at != self.step else self.ckpt_root / f"step_{self.step:08d}"
+                    raise Stopped(self.step, path)
+            elapsed = time.perf_counter() - t0 - eval_seconds
+            if valid is None:  # resumed from the final checkpoint: nothing left to train
+                valid = self.evaluate()
+            if saved_at != self.step:
+                self.save_checkpoint()
+        finally:
+            log.close()
+            if old is not None:
+                signal.signal(signal.SIGTERM, old)
+        return self._finish(valid, elapsed, start_tokens)
+
+    def _finish(self, valid: float, elapsed: float, start_tokens: int) -> dict:
+        cfg, d = self.cfg, self.dist
+        summary = {}
+        model_sd = self._full_state_dicts()[0] if self.fsdp else self.model.state_dict()  # collective under FSDP
+        if d.main:
+            mid = save_weights(self.out, cfg.model, model_sd, self.tokenizer, {"arch": cfg.arch, "step": self.step})
+            losses = [r["loss"] for r in read_metrics(self.out) if "loss" in r and not r.get("skipped_step")]
+            done = self.tokens - start_tokens
+            per_byte = getattr(self.tokenizer, "kind", None) == "bytes"
+            summary = {"steps": self.step, "tokens": self.tokens, "seconds": round(elapsed, 1),
+                       "tok_s": round(done / elapsed) if elapsed > 0 else 0,
+                       "params": sum(p.numel() for p in self.model.parameters()),  # global sizes under FSDP too
+                       "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
+                       "valid_loss": valid, "valid_bits_per_byte": valid / math.log(2) if per_byte else None,
+                       "skipped_steps": self.skipped, "world_size": d.world_size, "model_id": mid,
+                       "checkpoint": str(self.out), "config": to_dict(cfg)}
+            (self.out / "summary.json").write_text(json.dumps(summary, indent=1))
+        d.barrier()
+        return summary
+
+
+def train(cfg: TrainConfig, progress: bool = True, on_eval=None) -> dict:
+    """Train (or resume) as ``cfg`` says; returns the run summary (also in out_dir/summary.json)."""
+    trainer = Trainer(cfg, progress=progress, on_eval=on_eval)
+    try:
+        return trainer.run()
+    finally:
+        trainer.dist.close()
+
+
+def run_plan(configs: list[TrainConfig], progress: bool = True) -> list[dict]:
+    """Train the stages in order; a stage whose summary says it finished is not run again."""
+    summaries = []
+    for cfg in configs:
+        done = Path(cfg.out_dir) / "summary.json"
+        if done.exists() and json.loads(done.read_text()).get("steps") == cfg.steps:
+            summaries.append(json.loads(done.read_text()))
+            continue
+        summaries.append(train(cfg, progress=progress))
+    return summaries

@@ -1,0 +1,104 @@
+"""Non-finite steps are skipped on every rank and counted; SIGTERM saves a checkpoint and stops."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from plasticlm.tokenizer import ByteTokenizer
+from plasticlm.trainer import checkpointing as ck
+from plasticlm.trainer.loop import Trainer, TrainingError, train
+from plasticlm.trainer.metrics import read_metrics
+from plasticlm.trainer.streams import _byte_stream, register_stream
+
+from .conftest import TINY, tiny_config
+
+
+class Poisoned:
+    """The bytes stream, with an infinite loss weight in the batches numbered in ``bad`` (from 1):
+    the loss and every gradient of that step become NaN."""
+
+    def __init__(self, inner, bad):
+        self.inner, self.bad, self.n = inner, set(bad), 0
+
+    def next_batch(self):
+        b = self.inner.next_batch()
+        self.n += 1
+        if self.n in self.bad:
+            b.weights[0, 0] = float("inf")
+        return b
+
+    def state_dict(self):
+        return {"inner": self.inner.state_dict(), "n": self.n}
+
+    def load_state_dict(self, state):
+        self.inner.load_state_dict(state["inner"])
+        self.n = state["n"]
+
+
+def _poisoned(data, **kw):
+    return Poisoned(_byte_stream(data, **kw), data.options.get("bad", []) if kw["split"] == "train" else [])
+
+
+register_stream("poisoned_bytes", _poisoned, lambda data: ByteTokenizer())
+
+
+def test_nan_batch_is_skipped_and_counted(tmp_path):
+    t = Trainer(tiny_config(tmp_path, "steps=6", "data.kind=poisoned_bytes", "data.options={bad: [3]}"), progress=False)
+    for _ in range(2):
+        assert not t.train_step(t.stream.next_batch())["skipped_step"]
+    params = {k: v.clone() for k, v in t.model.state_dict().items()}
+    moments = [s["exp_avg"].clone() for s in t.opt.state.values()]
+    rec = t.train_step(t.stream.next_batch())
+    assert rec["skipped_step"] and rec["skipped"] == 1 and t.skipped == 1
+    assert not torch.isfinite(torch.tensor(rec["loss"]))
+    for k, v in t.model.state_dict().items():
+        assert torch.equal(v, params[k]), f"{k} changed on a skipped step"
+    assert all(torch.equal(a, s["exp_avg"]) for a, s in zip(moments, t.opt.state.values()))
+    assert all(torch.isfinite(s).all() for s in t.state.layers)
+    rec = t.train_step(t.stream.next_batch())  # and training goes on
+    assert not rec["skipped_step"] and rec["skipped"] == 1
+    assert any(not torch.equal(v, params[k]) for k, v in t.model.state_dict().items())
+
+
+def test_too_many_bad_steps_in_a_row_stop_with_the_last_checkpoint_intact(tmp_path):
+    cfg = tiny_config(tmp_path, "steps=10", "data.kind=poisoned_bytes", "data.options={bad: [5, 6, 7]}",
+                      "max_bad_steps=3", "checkpoint.every=2")
+    with pytest.raises(TrainingError, match=r"3 non-finite steps in a row \(steps 5\.\.7"):
+        train(cfg, progress=False)
+    last = ck.latest_checkpoint(tmp_path / "checkpoints")
+    assert last.name == "step_00000006"  # written at step 6: the weights are those of step 4
+    ck.verify(last)
+    recs = read_metrics(tmp_path)
+    assert [r["step"] for r in recs if r.get("skipped_step")] == [5, 6, 7]
+    w4 = ck.read_tensors(last / "model.safetensors")
+    clean = Trainer(tiny_config(tmp_path / "clean", "steps=10"), progress=False)  # same data, no poison
+    for _ in range(4):
+        clean.train_step(clean.stream.next_batch())
+    for k, v in clean.model.state_dict().items():
+        assert torch.equal(v, w4[k]), k
+
+
+def test_sigterm_saves_a_checkpoint_and_stops(tmp_path):
+    out = tmp_path / "run"
+    p = subprocess.Popen([sys.executable, "-m", "plasticlm.cli", "train", "tiny", *TINY, "steps=100000",
+                          f"out_dir={out}", "--no-progress"], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        if (out / "metrics.jsonl").exists() and len(read_metrics(out)) >= 3:
+            break
+        time.sleep(0.2)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 143, err[-2000:]
+    assert "stopped by SIGTERM at step" in err
+    last = ck.latest_checkpoint(out / "checkpoints")
+    ck.verify(last)
+    step = int(last.name.split("_")[1])
+    assert step >= 3 and f"at step {step}" in err
+    t = Trainer(tiny_config(out, f"steps={step + 1}"), progress=False)
+    assert t.step == step

@@ -1,0 +1,101 @@
+"""Loss ramp, gradient-length proxy, and the 'full' backprop mode against exact segment BPTT."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from plasticlm import ModelConfig, PlasticLM
+from plasticlm.trainer.losses import band_edges, proxy_penalty, ramp_weights, retention_mass
+from plasticlm.trainer.segment import segment_backward, segment_loss
+
+
+def small_model(**kw):
+    torch.manual_seed(0)
+    return PlasticLM(ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=2, chunk_size=16, **kw))
+
+
+def test_ramp_rises_from_zero_to_one_over_the_sequence_start():
+    w = ramp_weights(torch.tensor([0, 6]), T=4, ramp_tokens=8)
+    assert torch.allclose(w, torch.tensor([[1, 2, 3, 4], [7, 8, 8, 8]]) / 8)
+    c = ramp_weights(torch.tensor([0]), T=10, ramp_tokens=8, shape="cosine")
+    assert c[0, 3] == pytest.approx(0.5) and c[0, -1] == 1
+
+
+def test_retention_mass_equals_the_brute_force_sum_over_lags():
+    torch.manual_seed(0)
+    log_a = torch.nn.functional.logsigmoid(torch.randn(2, 5, 3, 4, dtype=torch.float64) * 3 + 4)
+    edges = band_edges(1000, [0.01, 0.1, 1.0])
+    assert edges == [(1, 11), (11, 101), (101, 1001)]
+    la = log_a.mean(dim=(0, 1)).reshape(-1)
+    k = torch.arange(1, 1001, dtype=torch.float64)
+    for weighted in (True, False):
+        w = (1 - la.exp()) if weighted else torch.ones_like(la)
+        r = w[:, None] * torch.exp(la[:, None] * k)  # (channels, lags)
+        want = torch.stack([r[:, k0 - 1:k1 - 1].sum() for k0, k1 in edges])
+        want = want / want.sum()
+        got = retention_mass(log_a, edges, weighted)
+        assert torch.allclose(got.double(), want, rtol=1e-4)
+        assert got.sum().item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_gates_are_the_ones_the_forward_pass_uses(monkeypatch):
+    from plasticlm import model as model_mod
+
+    m = small_model()
+    tokens = torch.randint(0, 64, (2, 20))
+    seen = []
+    inputs = model_mod.Memory.inputs
+
+    def spy(self, x):
+        out = inputs(self, x)
+        seen.append(out[3].detach().clone())
+        return out
+
+    monkeypatch.setattr(model_mod.Memory, "inputs", spy)
+    with torch.no_grad():
+        m(tokens)
+    monkeypatch.undo()
+    gates = m.gates(tokens)
+    assert len(gates) == len(seen) == 2
+    for g, s in zip(gates, seen):
+        assert torch.allclose(g, s, atol=1e-6)
+
+
+def test_proxy_penalty_sends_gradient_to_every_layers_gates():
+    m = small_model()
+    masses = [retention_mass(g, band_edges(256, [0.01, 0.1, 1.0])) for g in m.gates(torch.randint(0, 64, (2, 16)))]
+    penalty = proxy_penalty(masses, [0.4, 0.3, 0.3])
+    assert penalty.item() > 0
+    penalty.backward()
+    for block in m.blocks:
+        assert block.memory.gate.bias.grad.abs().sum() > 0
+    # and it is zero where the retention already has the target spread
+    assert proxy_penalty([torch.tensor([0.4, 0.3, 0.3])], [0.4, 0.3, 0.3]).item() == pytest.approx(0, abs=1e-7)
+
+
+def test_full_backprop_equals_segment_backprop():
+    m = small_model()
+    tokens, targets = torch.randint(0, 64, (3, 40)), torch.randint(0, 64, (3, 40))
+    weights = torch.rand(3, 40)
+    state = m.init_state(3)
+    state = type(state)([s + 0.1 * torch.randn_like(s) for s in state.layers])
+    seg = segment_backward(m, tokens, targets, 16, weights, state)
+    g_seg = {n: p.grad.clone() for n, p in m.named_parameters()}
+    m.zero_grad()
+    logits, _ = m(tokens, state)
+    full = segment_loss(logits, targets, weights, weights.sum())
+    full.backward()
+    assert full.item() == pytest.approx(seg.item(), rel=1e-5)
+    for n, p in m.named_parameters():
+        torch.testing.assert_close(p.grad, g_seg[n], rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_full_mode_trains(tmp_path):
+    from plasticlm.trainer.loop import train
+
+    from .conftest import tiny_config
+
+    s = train(tiny_config(tmp_path, "steps=6", "backprop=full", "optim.lr=1e-2"), progress=False)
+    assert s["last_loss"] < s["first_loss"] and math.isfinite(s["valid_loss"])
