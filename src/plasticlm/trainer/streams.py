@@ -145,3 +145,34 @@ def _byte_stream(data: DataConfig, *, split: str, rank: int, world_size: int, se
 
 
 register_stream("bytes", _byte_stream, lambda data: ByteTokenizer())
+
+
+# ---- the pretraining tasks of DESIGN 4 (plasticlm.data.streams) -------------------------------
+# data.source is a directory written by `plasticlm prepare`; data.options holds the kind's own
+# config fields (e.g. min_tokens, rosetta, ramp_tokens). The shuffled task trains on the
+# holdout split and validates on a shuffled valid split; the others use train and valid.
+TASK_SPLITS = {"traditional": ("train", "valid"), "linked": ("train", "valid"), "shuffled": ("holdout", "valid")}
+
+
+def _task_stream(kind: str):
+    def build(data: DataConfig, *, split: str, rank: int, world_size: int, seed: int) -> Stream:
+        from ..data.streams import build_stream as build_task
+
+        if split not in ("train", "valid"):
+            raise ValueError(f"{kind} stream: split must be 'train' or 'valid', got {split!r}")
+        opts = {"seq_len": data.seq_len, "batch_size": data.batch_size // world_size,
+                "seed": seed if split == "train" else seed + 1, **data.options}
+        return build_task(kind, data=data.source, split=TASK_SPLITS[kind][split == "valid"], rank=rank,
+                          world_size=world_size, **opts)
+
+    return build
+
+
+def _task_tokenizer(data: DataConfig):
+    from ..data.shards import load_prepared
+
+    return load_prepared(Path(data.source))[1]
+
+
+for _kind_name in TASK_SPLITS:
+    register_stream(_kind_name, _task_stream(_kind_name), _task_tokenizer)
