@@ -129,7 +129,7 @@ class OfflineTrainer:
                              f"this trainer has {self.n} at offset {self.offset}")
         self.model.load_state_dict(sd["model"])
         self.opt.load_state_dict(sd["optimizer"])
-        self.gen.set_state(sd["rng"])
+        self.gen.set_state(sd["rng"].cpu())  # the sampler draws on the CPU whatever map_location said
         self.step_count = int(sd["step"])
 
     def save(self, path: str | os.PathLike) -> None:

@@ -43,20 +43,21 @@ class AUNNState:
     """The adapted weights: every parameter name of the model -> (B, *shape)."""
     next_index: torch.Tensor
     """(B,) int64: the index the next token read will take."""
+    recent: torch.Tensor
+    """(B, R) int64: the last R <= window tokens read, at indices next_index - R ... next_index - 1."""
     moments: dict[str, torch.Tensor] = field(default_factory=dict)
     """Adam's moments per parameter name, 'm.<name>' and 'v.<name>' (B, *shape); empty for sgd."""
     updates: int = 0
     """Online optimizer steps taken (Adam's bias correction); every row takes every step."""
-    recent: torch.Tensor | None = None
-    """(B, R) int64: the last R <= window tokens read, at indices next_index - R ... next_index - 1."""
 
     @property
     def batch_size(self) -> int:
         return self.next_index.shape[0]
 
     def _map(self, fn) -> "AUNNState":
-        return AUNNState({k: fn(v) for k, v in self.params.items()}, fn(self.next_index),
-                         {k: fn(v) for k, v in self.moments.items()}, self.updates, fn(self.recent))
+        return AUNNState(params={k: fn(v) for k, v in self.params.items()}, next_index=fn(self.next_index),
+                         recent=fn(self.recent), moments={k: fn(v) for k, v in self.moments.items()},
+                         updates=self.updates)
 
     def clone(self) -> "AUNNState":
         return self._map(torch.clone)
@@ -88,8 +89,8 @@ class AUNNAsLM(LM):
         moments = {}
         if self.online.optimizer == "adam":
             moments = {f"{m}.{k}": torch.zeros_like(v) for m in "mv" for k, v in params.items()}
-        return AUNNState(params, self.model.next_index.detach().expand(B).clone(), moments,
-                         0, torch.zeros(B, 0, dtype=torch.long, device=self.device))
+        return AUNNState(params=params, next_index=self.model.next_index.detach().expand(B).clone(),
+                         recent=torch.zeros(B, 0, dtype=torch.long, device=self.device), moments=moments)
 
     @torch.no_grad()
     def log_probs_at(self, index: torch.Tensor, state: AUNNState) -> torch.Tensor:
@@ -214,6 +215,9 @@ class AUNNAsLM(LM):
             raise ValueError(f"tokens must have shape (B, T >= 1), got {tuple(tokens.shape)}")
         if tokens.shape[0] != state.batch_size:
             raise ValueError(f"tokens have {tokens.shape[0]} rows, the state {state.batch_size}")
+        if (self.online.optimizer == "adam") != bool(state.moments):
+            raise ValueError(f"the state was made for another online optimizer than {self.online.optimizer!r} "
+                             "(Adam's moments are " + ("missing)" if not state.moments else "present)"))
         if tokens.dtype not in (torch.long, torch.int32, torch.int16, torch.uint8):
             raise TypeError(f"tokens must be integer ids, got {tokens.dtype}")
         tokens = tokens.to(self.device, torch.long)

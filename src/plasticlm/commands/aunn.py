@@ -18,6 +18,7 @@ def register(sub) -> None:
                     "(the end of the text, valid_fraction of it, is held out as what follows). key=value "
                     "pairs set fields of AUNNRunConfig, dotted for sections, e.g. `plasticlm aunn train "
                     "model.width=128 model.depth=3 train.steps=300 train.batch_size=2048 out_dir=runs/aunn`.",
+        epilog="defaults: " + _defaults(),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     t.add_argument("overrides", nargs="*", metavar="key=value", help="config fields: model.*, train.*, source, "
                    "valid_fraction, out_dir, device, save_every")
@@ -45,6 +46,18 @@ def register(sub) -> None:
     g.add_argument("--seed", type=int, default=0, help="seeds the sampler; the same seed gives the same text")
     g.add_argument("--device", default="auto")
     g.set_defaults(func=run_generate)
+
+
+def _defaults() -> str:
+    import dataclasses
+
+    from ..aunn.config import AUNNRunConfig
+
+    def flat(d, prefix=""):
+        for k, v in d.items():
+            yield from flat(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}={v}"]
+
+    return " ".join(flat(dataclasses.asdict(AUNNRunConfig())))
 
 
 def parse_overrides(items: list[str], base: dict | None = None) -> dict:
