@@ -102,3 +102,37 @@ def test_sigterm_saves_a_checkpoint_and_stops(tmp_path):
     assert step >= 3 and f"at step {step}" in err
     t = Trainer(tiny_config(out, f"steps={step + 1}"), progress=False)
     assert t.step == step
+
+
+class Weightless(Poisoned):
+    """The bytes stream with loss weight 0 everywhere in the batches numbered in ``bad`` (from 1),
+    as in the windows of a Rosetta header: read, but nothing to learn."""
+
+    def next_batch(self):
+        b = self.inner.next_batch()
+        self.n += 1
+        if self.n in self.bad:
+            b.weights.zero_()
+        return b
+
+
+register_stream("weightless_bytes", lambda data, **kw: Weightless(_byte_stream(data, **kw), data.options.get(
+    "bad", []) if kw["split"] == "train" else []), lambda data: ByteTokenizer())
+
+
+def test_weightless_batches_carry_the_state_without_a_step(tmp_path):
+    cfg = tiny_config(tmp_path, "steps=6", "data.kind=weightless_bytes", "data.options={bad: [1, 2, 3]}",
+                      "data.doc_len=128", "max_bad_steps=2")
+    t = Trainer(cfg, progress=False)
+    params = {k: v.clone() for k, v in t.model.state_dict().items()}
+    for _ in range(3):
+        rec = t.train_step(t.stream.next_batch())
+        assert rec["weightless"] and rec["loss"] is None and not rec["skipped_step"]
+    assert t.skipped == 0 and t.bad_in_row == 0 and not t.opt.state  # no optimizer step was taken
+    assert all(torch.equal(v, params[k]) for k, v in t.model.state_dict().items())
+    assert any(s.abs().sum() > 0 for s in t.state.layers)  # but the windows were read into the state
+    rec = t.train_step(t.stream.next_batch())
+    assert rec["loss"] is not None and not rec.get("weightless") and t.opt.state
+    summary = train(tiny_config(tmp_path / "run", "steps=5", "data.kind=weightless_bytes",
+                                "data.options={bad: [1, 2, 3]}", "max_bad_steps=2"), progress=False)
+    assert summary["skipped_steps"] == 0 and summary["first_loss"] is not None

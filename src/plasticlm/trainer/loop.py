@@ -178,11 +178,14 @@ class Trainer:
         if self.dist.enabled and not self.fsdp:
             self.dist.average_gradients(model.parameters(), scale)
         loss_sum, stop = self.dist.sum(float(loss) * local_total, float(self.stop_requested), device=self.device)
-        loss = loss_sum / global_total if global_total > 0 else float("nan")
         self.stop_requested = stop > 0  # one rank's SIGTERM stops them all at the same step
+        weightless = global_total <= 0  # e.g. every row inside a Rosetta header: read, but nothing to learn
+        loss = None if weightless else loss_sum / global_total
         gnorm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip or float("inf")))
-        finite = math.isfinite(loss) and math.isfinite(gnorm)  # the same on every rank: both were reduced
-        if finite:
+        finite = weightless or (math.isfinite(loss) and math.isfinite(gnorm))  # the same on every rank
+        if weightless:
+            pass  # no optimizer step: there is no gradient, and Adam's moments must not decay for nothing
+        elif finite:
             self.opt.step()
             self.bad_in_row = 0
         else:
@@ -196,6 +199,8 @@ class Trainer:
         self.tokens += B * T * self.dist.world_size
         record.update(step=self.step, loss=loss, grad_norm=gnorm, lr=lr, tokens=self.tokens,
                       skipped=self.skipped, skipped_step=not finite)
+        if weightless:
+            record["weightless"] = True
         return record
 
     def _check_bad_steps(self, rec: dict) -> None:
@@ -245,7 +250,12 @@ class Trainer:
         model.eval()
         total = weight = 0.0
         state = None
-        for _ in range(n):
+        # Read n batches, and on while fewer than half the asked tokens carried loss weight (a
+        # stream may open with unweighted stretches such as a Rosetta header). The weight is
+        # summed over ranks each time, so every rank reads the same number of batches.
+        for i in range(64 * n):
+            if i >= n and self.dist.sum(weight, device=self.device)[0] >= cfg.eval_tokens / 2:
+                break
             b = stream.next_batch().to(self.device)
             if cfg.carry_state:
                 state = model.init_state(b.tokens.shape[0]) if state is None else state.reset(b.reset)
@@ -261,6 +271,9 @@ class Trainer:
         if self.fsdp:  # FSDP2 leaves the root unsharded after a forward without backward
             model.reshard()
         total, weight = self.dist.sum(total, weight, device=self.device)
+        if weight <= 0:
+            raise ValueError(f"the {cfg.data.kind!r} validation stream gave no loss-weighted token in {64 * n} "
+                             f"batches of {cfg.data.batch_size} x {cfg.data.seq_len}")
         return total / weight
 
     # -- checkpoints ------------------------------------------------------------------------------
@@ -349,7 +362,7 @@ class Trainer:
                               f"skipped ({self.skipped} so far)")
                 if self.step % cfg.log.every == 0 or rec["skipped_step"] or "valid_loss" in rec:
                     log.log(rec)
-                log.progress(1, loss=f"{rec['loss']:.3f}", tok_s=f"{tps:,.0f}")
+                log.progress(1, loss="-" if rec["loss"] is None else f"{rec['loss']:.3f}", tok_s=f"{tps:,.0f}")
                 self._check_bad_steps(rec)
                 if "valid_loss" in rec and self.on_eval is not None:
                     self.on_eval(self.step, valid)  # may raise, e.g. to prune a tuning trial
@@ -376,7 +389,7 @@ class Trainer:
         model_sd = self._full_state_dicts()[0] if self.fsdp else self.model.state_dict()  # collective under FSDP
         if d.main:
             mid = save_weights(self.out, cfg.model, model_sd, self.tokenizer, {"arch": cfg.arch, "step": self.step})
-            losses = [r["loss"] for r in read_metrics(self.out) if "loss" in r and not r.get("skipped_step")]
+            losses = [r["loss"] for r in read_metrics(self.out) if r.get("loss") is not None and not r.get("skipped_step")]
             done = self.tokens - start_tokens
             per_byte = getattr(self.tokenizer, "kind", None) == "bytes"
             summary = {"steps": self.step, "tokens": self.tokens, "seconds": round(elapsed, 1),
