@@ -92,7 +92,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "frequency_attack.json").write_text(json.dumps(result, indent=1))
-    lines = [f"# Frequency-analysis attack on the shuffled vocabulary", "",
+    lines = ["# Frequency-analysis attack on the shuffled vocabulary", "",
              f"- date: {result['date']}; commit: {commit}; device: {result['device']}",
              f"- command: `{result['command']}` ({result['seconds']} s)",
              f"- corpus: {args.corpus}; BPE {args.vocab_size:,} ids trained on its train split; reference counts: "

@@ -25,7 +25,6 @@ import torch
 from plasticlm import ModelConfig, PlasticLM
 from plasticlm.checkpoint import load_model
 from plasticlm.data.builtin import builtin_corpus
-from plasticlm.tokenizer import ByteTokenizer
 from plasticlm.trainer.losses import band_edges, retention_mass
 
 
@@ -139,7 +138,7 @@ def main():
     fig.tight_layout()
     fig.savefig(out / "gradient_lag.png", dpi=110)
 
-    lines = [f"# Gradient-length proxy vs measured gradient\n", f"{record['date']}, {record['device']}, torch "
+    lines = ["# Gradient-length proxy vs measured gradient\n", f"{record['date']}, {record['device']}, torch "
              f"{record['torch']}, commit {commit}, model {meta['model_id']} ({args.checkpoint}).\n",
              f"`{record['command']}`\n", "Share of the gradient (measured) and of the retention mass (proxy, as the "
              "trainer computes it; and without the write weight 1 - a) per lag band "

@@ -51,7 +51,7 @@ def test_resumed_run_appends_metrics_as_one_run(tmp_path):
 
 
 def test_tune_runs_prunes_and_resumes_a_study(tmp_path, capsys):
-    optuna = pytest.importorskip("optuna")
+    pytest.importorskip("optuna")
     from plasticlm.trainer.tune import open_study
 
     base = [*TINY, "steps=6", "log.eval_every=2", "eval_tokens=128"]
