@@ -8,6 +8,7 @@ import sys
 # Modules that define a subcommand, in the order `plasticlm --help` lists them.
 COMMANDS = [
     "plasticlm.commands.train",
+    "plasticlm.commands.bench",
 ]
 
 
