@@ -115,6 +115,19 @@ def test_transformer_as_lm_scores_in_pieces_and_generates():
     assert torch.equal(new, text[:, 10:])
 
 
+def test_transformer_under_bf16_autocast_keeps_one_dtype_for_attention():
+    from plasticlm.baselines.transformer import apply_rope, rope_tables
+
+    cos, sin = rope_tables(torch.arange(5), 8, 10000.0, torch.float32)
+    assert apply_rope(torch.randn(1, 2, 5, 8, dtype=torch.bfloat16), cos, sin).dtype == torch.bfloat16
+    model = build("transformer").float()
+    x = torch.randint(0, V, (2, 9))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, cache = model(x)
+        step, _ = model.step(x[:, 0], cache)
+    assert logits.dtype == torch.bfloat16 and cache.keys[0].dtype == torch.bfloat16 and torch.isfinite(step).all()
+
+
 def test_transformer_window_bounds_the_cache():
     model = build("transformer")
     lm = TransformerAsLM(model, piece=8, window=16)

@@ -172,9 +172,12 @@ def rope_tables(positions: torch.Tensor, head_dim: int, base: float, dtype: torc
 
 
 def apply_rope(x, cos, sin):
-    """Rotate channel pairs (i, i + head_dim/2) of x (B, H, T, head_dim) by the position angles."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    """Rotate channel pairs (i, i + head_dim/2) of x (B, H, T, head_dim) by the position angles.
+
+    The rotation runs in at least float32 and returns x's dtype (under autocast q, k are bf16
+    while the tables are float32; SDPA needs q, k, v in one dtype)."""
+    x1, x2 = x.to(torch.promote_types(x.dtype, cos.dtype)).chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).to(x.dtype)
 
 
 class Attention(nn.Module):
@@ -258,7 +261,8 @@ class Transformer(nn.Module):
                              f"and the model {self.config.n_layers} layers")
         x = self.embed(tokens)  # (B, T, d)
         positions = torch.arange(state.position, state.position + T, device=tokens.device)
-        cos, sin = rope_tables(positions, self.config.head_dim, self.config.rope_base, x.dtype)
+        cos, sin = rope_tables(positions, self.config.head_dim, self.config.rope_base,
+                               torch.promote_types(x.dtype, torch.float32))
         keys, values = [], []
         for block, pk, pv in zip(self.blocks, state.keys, state.values):
             x, k, v = block(x, cos, sin, pk, pv)

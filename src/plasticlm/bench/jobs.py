@@ -122,7 +122,6 @@ def train_job(job: dict, device: torch.device) -> dict:
     out = {"tok_s": round(B * T / sec), "step_s": round(sec, 4), "timed_steps": n, "params": model.num_params(),
            "segment_len": L if spec["trainer"] == "segment" else None, "model_TFLOPs": round(flops / 1e12, 3),
            "mfu": round(flops / 1e12 / peak, 4) if peak else None, **_memory(device)}
-    del model, opt
     return out
 
 

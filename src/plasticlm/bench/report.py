@@ -178,7 +178,9 @@ def make_plots(data: dict, stem: Path) -> list[Path]:
             rs = sorted(rs, key=lambda r: r[xk])
             ax.plot([r[xk] for r in rs], [r[yk] for r in rs], marker="o", label=label)
         ax.set_xscale("log", base=2)
-        if yk != "peak_GiB" or name == "train_memory":
+        if name == "infer_memory":
+            ax.set_ylim(0, ax.get_ylim()[1] * 1.1)  # from zero, so that flat reads as flat
+        else:
             ax.set_yscale("log")
         ax.set_xlabel(xl)
         ax.set_ylabel(yl)
@@ -199,3 +201,9 @@ def write_report(path: Path, data: dict, plots: bool = True) -> None:
     atomic_write(path.with_suffix(".md"), lambda p: Path(p).write_text(markdown(data)))
     if plots:
         make_plots(data, path.with_suffix(""))
+
+
+if __name__ == "__main__":
+    # Re-render the markdown and plots of stored results: python -m plasticlm.bench.report FILE.json ...
+    for arg in sys.argv[1:]:
+        write_report(Path(arg), json.loads(Path(arg).read_text()))
