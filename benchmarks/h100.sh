@@ -17,9 +17,11 @@
 #   python3 -m pip download --no-deps -d .whl flash-linear-attention==0.6.0 fla-core==0.6.0
 # and carry .whl to the GPU machine; this script installs them (einops is on the image).
 #
-# Results: benchmarks/results/DATE_HARDWARE_h100_SUITE_STAGE.{json,md} and PNGs, rewritten after
-# every job (an OOM is a row, not a crash). Where the tool sets $OUT, a tarball of them and the
-# markdown land there. Rerunning a stage with the JSON in place resumes it (--resume).
+# Results: DATE_HARDWARE_h100_STAGE.{json,md}, PNGs and profiles, rewritten after every job
+# (an OOM is a row, not a crash) in benchmarks/results, or in $OUT/results where the device tool
+# sets $OUT, so a command cut off at its limit still returns what it measured. Rerunning a stage
+# with its JSON in benchmarks/results resumes it (--resume): copy $OUT/results/* there first.
+# BENCH_EXTRA adds flags, e.g. BENCH_EXTRA="--job-seconds 10 --variants plasticlm-rev/segment,transformer/full".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 stage=${1:-headline}
@@ -31,7 +33,15 @@ fi
 python3 -c "import fla" 2>/dev/null || echo "h100.sh: fla is not importable: GLA / Mamba-2 fall back to backend=torch, plasticlm to its chunk path" >&2
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 
-bench=(python3 -m plasticlm.cli bench --preset h100 --tag "$stage" --resume --no-progress --time-budget 480)
+res=benchmarks/results
+if [ -n "${OUT:-}" ]; then
+  mkdir -p "$OUT/results"
+  cp benchmarks/results/*"_$stage.json" "$OUT/results/" 2>/dev/null || true
+  res="$OUT/results"
+fi
+# shellcheck disable=SC2206
+bench=(python3 -m plasticlm.cli bench --preset h100 --tag "$stage" --out "$res" --resume --no-progress
+       --time-budget 480 ${BENCH_EXTRA:-})
 case "$stage" in
   headline) "${bench[@]}" --suite train --seq-lens 32768,1048576 ;;
   sweep) "${bench[@]}" --suite train --seq-lens 1024,4096,16384,131072 --profile "" ;;
@@ -39,8 +49,3 @@ case "$stage" in
   paths) "${bench[@]}" --suite paths ;;
   *) echo "usage: bash benchmarks/h100.sh headline|sweep|infer|paths" >&2; exit 2 ;;
 esac
-
-if [ -n "${OUT:-}" ]; then
-  tar czf "$OUT/h100_$stage.tgz" benchmarks/results/*"_$stage"*
-  cp benchmarks/results/*"_$stage.md" "$OUT/" 2>/dev/null || true
-fi

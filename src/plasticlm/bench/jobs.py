@@ -88,7 +88,7 @@ def train_job(job: dict, device: torch.device) -> dict:
     B, T = job["B"], job["T"]
     torch.manual_seed(0)
     model = build_model(spec["model"], job["model"], spec.get("reversible"), job.get("baseline")).to(device)
-    if spec["model"] == "plasticlm" and spec["trainer"] == "full":
+    if spec["model"] == "plasticlm" and (spec["trainer"] == "full" or spec.get("reconstruct") is False):
         model.reconstruct = False  # reversible coupling under plain autograd: activations stored
     if job.get("compile"):
         compile_submodules(model)

@@ -8,11 +8,15 @@ from ..model import PlasticLM
 
 # Training variants: model/trainer. "segment" is plasticlm's exact constant-memory BPTT
 # (boundary states on the device or in host memory); "full" is one autograd graph over the
-# whole (B, T) batch, as the baselines train.
+# whole (B, T) batch, as the baselines train. Full-graph plasticlm runs with reconstruct=False.
 TRAIN_VARIANTS = {
     "plasticlm-rev/segment": dict(model="plasticlm", reversible=True, trainer="segment", storage="device"),
     "plasticlm-rev/segment-host": dict(model="plasticlm", reversible=True, trainer="segment", storage="host"),
     "plasticlm-plain/segment": dict(model="plasticlm", reversible=False, trainer="segment", storage="device"),
+    # Reversible coupling, but each recomputed segment keeps its activations (reconstruct=False):
+    # what input reconstruction costs when the segment already bounds activation memory.
+    "plasticlm-rev/segment-stored": dict(model="plasticlm", reversible=True, trainer="segment", storage="device",
+                                         reconstruct=False),
     "plasticlm-rev/full": dict(model="plasticlm", reversible=True, trainer="full"),
     "plasticlm-plain/full": dict(model="plasticlm", reversible=False, trainer="full"),
     "transformer/full": dict(model="transformer", trainer="full"),

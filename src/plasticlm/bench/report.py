@@ -68,7 +68,8 @@ def ratios(by: dict, Ts: list[int]) -> list[str]:
     """plasticlm's segment trainers against the same model under full autograd and against the baselines."""
     pairs = [("plasticlm-rev/segment", "plasticlm-rev/full"), ("plasticlm-plain/segment", "plasticlm-plain/full"),
              ("plasticlm-rev/segment", "transformer/full"), ("plasticlm-rev/segment", "gla/full"),
-             ("plasticlm-rev/segment", "mamba2/full"), ("plasticlm-rev/segment-host", "plasticlm-rev/segment")]
+             ("plasticlm-rev/segment", "mamba2/full"), ("plasticlm-rev/segment-host", "plasticlm-rev/segment"),
+             ("plasticlm-rev/segment-stored", "plasticlm-rev/full")]
     lines = []
     for a, b in pairs:
         cells = []

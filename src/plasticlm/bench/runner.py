@@ -82,9 +82,9 @@ class BenchConfig:
     """Peak dense TFLOP/s for utilisation; 0: from the device name (bench.models.PEAK_TFLOPS)."""
     out: str = "benchmarks/results"
     name: str = ""
-    """File stem; empty: DATE_HARDWARE_PRESET[_SUITES][_TAG]."""
+    """File stem; empty: DATE_HARDWARE_PRESET, then _TAG, or _SUITES when not all suites run."""
     tag: str = ""
-    """Appended to the default file stem, to tell apart runs of one preset on one day."""
+    """Ends the default file stem, to tell apart runs of one preset on one day."""
     resume: bool = False
     profile: tuple[str, ...] = ()
     """VARIANT@T items: profile one training step of each, op table written beside the results."""
@@ -184,8 +184,8 @@ def run_isolated(job: dict, timeout: float | None) -> dict:
             return json.loads(line[7:])
     if p.returncode == -9:
         return {"oom": True, "error": "killed by SIGKILL (the kernel's out-of-memory killer?)"}
-    tail = p.stderr.strip().splitlines()[-3:]
-    return {"error": f"worker exited {p.returncode}: " + " | ".join(tail)}
+    last = (p.stderr.strip().splitlines() or ["no output"])[-1]  # the exception's own line
+    return {"error": f"worker exited {p.returncode}: {last}"}
 
 
 def machine(device: torch.device) -> dict:
@@ -241,9 +241,8 @@ def run(cfg: BenchConfig, command: str = "", progress: bool = True) -> Path:
     meta["isolated_jobs"] = isolate
     if device.type == "cpu" and not isolate:
         meta["memory_note"] = "peak resident set size of the whole run so far, not per job (use --isolate)"
-    suites = "" if set(cfg.suites) == set(SUITES) else "_" + "-".join(cfg.suites)
-    tag = f"_{cfg.tag}" if cfg.tag else ""
-    stem = cfg.name or f"{meta['date'][:10]}_{meta['hardware']}_{cfg.preset}{suites}{tag}"
+    suffix = f"_{cfg.tag}" if cfg.tag else "" if set(cfg.suites) == set(SUITES) else "_" + "-".join(cfg.suites)
+    stem = cfg.name or f"{meta['date'][:10]}_{meta['hardware']}_{cfg.preset}{suffix}"
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{stem}.json"

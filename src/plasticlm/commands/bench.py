@@ -54,7 +54,7 @@ def register(sub) -> None:
     p.add_argument("--peak-tflops", type=float, help="peak dense TFLOP/s for utilisation (default: by device name)")
     p.add_argument("--profile", type=_strs, help="VARIANT@T items to profile (one step each)")
     p.add_argument("--out", help="output folder (default benchmarks/results)")
-    p.add_argument("--name", help="file stem (default DATE_HARDWARE_PRESET[_SUITES][_TAG])")
+    p.add_argument("--name", help="file stem (default DATE_HARDWARE_PRESET_TAG, or _SUITES without a tag)")
     p.add_argument("--tag", help="suffix of the default file stem")
     p.add_argument("--resume", action="store_true", default=None, help="skip jobs already in the output JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
