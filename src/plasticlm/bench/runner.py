@@ -249,6 +249,7 @@ def run(cfg: BenchConfig, command: str = "", progress: bool = True) -> Path:
     rows = json.loads(path.read_text())["rows"] if cfg.resume and path.exists() else []
     done = {r["key"] for r in rows if "error" not in r or r.get("oom")}
     rows = [r for r in rows if r["key"] in done]
+    meta["resumed_rows"] = len(rows)  # rows of an earlier run; each row carries its own date and commit
     jobs = [j for j in plan(cfg, device) if j["key"] not in done]
     profiles = [p.split("@") for p in cfg.profile] if "train" in cfg.suites else []
     for variant, T in profiles:
@@ -256,8 +257,9 @@ def run(cfg: BenchConfig, command: str = "", progress: bool = True) -> Path:
         B = max(1, cfg.tokens_per_step // T)
         base = next((j for j in plan(dataclasses.replace(cfg, suites=("train",), seq_lens=(T,)), device)
                      if j["variant"] == variant), None)
-        if base:
-            jobs.append({**base, "key": f"profile|{variant}|T{T}|B{B}", "profile_dir": str(out / f"{stem}_profiles")})
+        key = f"profile|{variant}|T{T}|B{B}"
+        if base and key not in done:
+            jobs.append({**base, "key": key, "profile_dir": str(out / f"{stem}_profiles")})
 
     t_start = time.perf_counter()
     bar = tqdm(jobs, desc="bench", unit="job", disable=not progress, dynamic_ncols=True)
@@ -275,7 +277,7 @@ def run(cfg: BenchConfig, command: str = "", progress: bool = True) -> Path:
             except Exception as e:  # noqa: BLE001 - one failing configuration must not end the run
                 res = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"}
         row = {k: v for k, v in job.items() if k not in ("model", "baseline", "device", "job_seconds", "threads")}
-        rows.append({**row, **res})
+        rows.append({**row, **res, "date": meta["date"], "commit": meta["commit"]})  # kept when resumed
         write_report(path, {"meta": meta, "config": dataclasses.asdict(cfg), "rows": rows}, plots=False)
     bar.close()
     write_report(path, {"meta": meta, "config": dataclasses.asdict(cfg), "rows": rows}, plots=True)
