@@ -16,6 +16,7 @@ COMMANDS = [
     "plasticlm.commands.generate",
     "plasticlm.commands.eval",
     "plasticlm.commands.aunn",
+    "plasticlm.commands.bench",
 ]
 
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..state import State
+from .chunked_ce import chunked_cross_entropy
 
 
 def _check_batch(model, tokens, targets, weights, segment_len):
@@ -49,7 +50,8 @@ def segment_loss(logits, targets, weights, total):
 
 
 def segment_backward(model, tokens, targets, segment_len: int, weights=None, state: State | None = None, *,
-                     storage: str = "device", reverse_every: int = 0, return_state: bool = False):
+                     storage: str = "device", reverse_every: int = 0, return_state: bool = False,
+                     fused_loss: bool = False):
     """Exact segment-wise BPTT of the weighted next-token loss; gradients are left in ``.grad``.
 
     Args:
@@ -65,6 +67,8 @@ def segment_backward(model, tokens, targets, segment_len: int, weights=None, sta
             the others by inverting the recurrence (``model.rewind``); the drift this adds is
             measured by ``benchmarks/time_reversal.py``.
         return_state: also return the final state (detached), to carry into the next batch.
+        fused_loss: take the loss with :func:`~plasticlm.trainer.chunked_ce.chunked_cross_entropy`
+            from the hidden states and the tied head, never materialising a segment's full logits.
     Returns:
         the loss (a detached scalar), or (loss, final_state) with ``return_state``.
     """
@@ -111,8 +115,12 @@ def segment_backward(model, tokens, targets, segment_len: int, weights=None, sta
             S_in = model.rewind(tokens[:, a:b], S_end)
         need = i > 0 or init_grad
         S_in_g = State([s.detach().requires_grad_(need) for s in S_in.layers])
-        logits, S_out = model(tokens[:, a:b], S_in_g)
-        seg = segment_loss(logits, targets[:, a:b], weights[:, a:b], total)
+        if fused_loss:
+            h, S_out = model.hidden(tokens[:, a:b], S_in_g)
+            seg = chunked_cross_entropy(h, model.embed.weight, targets[:, a:b], weights[:, a:b], total)
+        else:
+            logits, S_out = model(tokens[:, a:b], S_in_g)
+            seg = segment_loss(logits, targets[:, a:b], weights[:, a:b], total)
         outs, grads = [seg], [None]
         if d_state is not None:
             outs += S_out.layers
