@@ -147,7 +147,9 @@ class PlasticLM(nn.Module):
         self.embed = nn.Embedding(config.vocab_size, config.d_model)  # tied to the output head
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.norm = RMSNorm(config.d_model, config.norm_eps)
-        self.reconstruct = True  # False: reversible coupling under plain autograd (for tests)
+        # False: the reversible coupling under plain autograd, storing every block's activations
+        # instead of rebuilding them (less compute, more memory; the segment trainer bounds them).
+        self.reconstruct = True
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -171,11 +173,17 @@ class PlasticLM(nn.Module):
         return State([torch.zeros(batch_size, c.n_heads, c.k_dim, c.v_dim, device=device or p.device, dtype=dtype)
                       for _ in range(c.n_layers)])
 
-    def hidden(self, tokens, state: State | None = None):
-        """Final hidden states before the head: tokens (B, T) -> (h (B, T, d), state)."""
-        self._check_tokens(tokens)
+    def hidden(self, tokens, state: State | None = None, check: bool = True):
+        """Final hidden states before the head: tokens (B, T) -> (h (B, T, d), state).
+
+        ``check=False`` skips validating tokens and state (the token range check reads the ids
+        back to the host, a device sync): for callers that validated the whole batch already.
+        """
         B = tokens.shape[0]
-        state = self.init_state(B) if state is None else self._check_state(state, B)
+        if check:
+            self._check_tokens(tokens)
+            state = state if state is None else self._check_state(state, B)
+        state = self.init_state(B) if state is None else state
         x = self.embed(tokens)  # (B, T, d)
         if self.config.reversible:
             if self.reconstruct and torch.is_grad_enabled():
@@ -193,9 +201,9 @@ class PlasticLM(nn.Module):
                 S.append(s)
         return self.norm(h), State(S)
 
-    def forward(self, tokens, state: State | None = None):
+    def forward(self, tokens, state: State | None = None, check: bool = True):
         """tokens (B, T) int -> (logits (B, T, vocab), final state)."""
-        h, state = self.hidden(tokens, state)
+        h, state = self.hidden(tokens, state, check)
         return F.linear(h, self.embed.weight), state
 
     def step(self, token, state: State):
