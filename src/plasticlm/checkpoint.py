@@ -83,13 +83,23 @@ def read_metadata(directory: str | os.PathLike) -> dict[str, str]:
 
 
 def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu"):
-    """Returns (model in eval mode, tokenizer, metadata)."""
+    """Returns (model in eval mode, tokenizer, metadata).
+
+    The model is a PlasticLM, or the architecture the metadata's ``arch`` names (a baseline
+    trained by the same trainer, see ``plasticlm.trainer.models``).
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     d = Path(directory)
     meta = read_metadata(d)
-    config = ModelConfig.from_dict(json.loads(meta["config"]))
+    arch = meta.get("arch", "plasticlm")
+    if arch == "plasticlm":
+        config = ModelConfig.from_dict(json.loads(meta["config"]))
+    else:
+        from .trainer.models import model_config
+
+        config = model_config(arch, json.loads(meta["config"]), where=f"{d / WEIGHTS}: config")
     tokenizer = load_tokenizer(d / TOKENIZER)
     if tokenizer.vocab_size != config.vocab_size:
         raise ValueError(f"{d}: tokenizer has {tokenizer.vocab_size} tokens, model vocab_size is {config.vocab_size}")
@@ -97,7 +107,13 @@ def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu")
         tensors = load_file(str(d / WEIGHTS), device=str(device))
     except (SafetensorError, OSError) as e:
         raise ValueError(f"{d / WEIGHTS}: cannot read weights (truncated or corrupt?): {e}") from e
-    model = PlasticLM(config).to(device)
+    if arch == "plasticlm":
+        model = PlasticLM(config)
+    else:
+        from .trainer.models import build_model
+
+        model = build_model(arch, config)
+    model = model.to(device)
     model.load_state_dict(tensors)
     model.eval()
     return model, tokenizer, meta

@@ -94,3 +94,36 @@ class PlasticLMAsLM(LM):
         for a in range(0, tokens.shape[1], self.piece):
             _, state = self.model.hidden(tokens[:, a:a + self.piece], state)
         return state
+
+
+def load_lm(checkpoint, device="cpu", **options):
+    """Any checkpoint directory as an :class:`LM`: returns (lm, tokenizer, metadata).
+
+    plasticlm and the baselines trained by ``plasticlm train`` (metadata ``arch``) come from
+    :func:`plasticlm.checkpoint.load_model`; an AUNN checkpoint (``plasticlm aunn train``) from
+    :func:`plasticlm.aunn.offline.load_aunn`, read online with ``options["online"]`` (an
+    ``OnlineConfig``). ``options["piece"]`` sets the tokens per forward of the recurrent and
+    attention models.
+    """
+    import json
+    from pathlib import Path
+
+    from .aunn.offline import WEIGHTS as AUNN_WEIGHTS
+    from .checkpoint import WEIGHTS, load_model
+
+    if (Path(checkpoint) / AUNN_WEIGHTS).exists() and not (Path(checkpoint) / WEIGHTS).exists():
+        from .aunn.offline import load_aunn
+        from .aunn.online import AUNNAsLM
+
+        model, tok, meta = load_aunn(checkpoint, device)
+        return AUNNAsLM(model, options.get("online")), tok, {**meta, "arch": "aunn"}
+    model, tok, meta = load_model(checkpoint, device)
+    arch = meta.get("arch", "plasticlm")
+    piece = options.get("piece", 4096)
+    if arch == "plasticlm":
+        return PlasticLMAsLM(model, piece=piece), tok, meta
+    if arch == "transformer":
+        from .baselines.transformer import TransformerAsLM
+
+        return TransformerAsLM(model, piece=piece), tok, meta
+    raise ValueError(f"{checkpoint}: no LM adapter for arch {arch!r} (config {json.loads(meta['config'])})")

@@ -31,38 +31,62 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto", help="'auto' (cuda when available), 'cpu', 'cuda', 'cuda:1', ...")
     p.add_argument("--tokenizer", default=None, help="tokenizer.json to use instead of the checkpoint's")
     p.add_argument("--no-controls", action="store_true", help="skip the untrained-model controls of the probes")
+    p.add_argument("--online", nargs="+", action="extend", default=[], metavar="key=value",
+                   help="AUNN checkpoints: how the AUNN reads (plasticlm.aunn.config.OnlineConfig fields, "
+                        "e.g. steps=2 lr=3e-5 chunk_len=64)")
     p.add_argument("--resume", action="store_true",
                    help="keep the suites already in --out/results.json (same config, seed, commit and model)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
     p.set_defaults(func=run)
 
 
-def load_lm(checkpoint: str, device: str, tokenizer_path: str | None = None, seed: int = 0):
-    """(LM, tokenizer, checkpoint info, untrained factory) for a plasticlm checkpoint directory."""
+def load_lm(checkpoint: str, device: str, tokenizer_path: str | None = None, seed: int = 0,
+            online: list[str] | None = None):
+    """(LM, tokenizer, checkpoint info, untrained factory) for a checkpoint directory of any kind
+    (plasticlm, a baseline trained by `plasticlm train`, or an AUNN)."""
+    import copy
+
     import torch
 
-    from ..checkpoint import load_model
     from ..eval.common import check_vocab
-    from ..lm import PlasticLMAsLM
-    from ..model import PlasticLM
+    from ..lm import load_lm as load_any
     from ..tokenizer import load_tokenizer
 
-    model, tok, meta = load_model(checkpoint, device)
+    options = {}
+    if online:
+        import yaml
+
+        from ..aunn.config import OnlineConfig
+        from ..trainer.config import from_dict
+
+        pairs = dict(_pair(x) for x in online)
+        options["online"] = from_dict(OnlineConfig, {k: yaml.safe_load(v) for k, v in pairs.items()}, "online")
+    lm, tok, meta = load_any(checkpoint, device, **options)
     if tokenizer_path:
         tok = load_tokenizer(tokenizer_path)
-    lm = PlasticLMAsLM(model)
     check_vocab(lm, tok, f"checkpoint {checkpoint}" + (f" with tokenizer {tokenizer_path}" if tokenizer_path else ""))
+    model = lm.model
 
     def untrained():
         with torch.random.fork_rng(devices=[]):  # a seeded init that leaves the suites' RNG alone
             torch.manual_seed(seed)
-            u = PlasticLMAsLM(PlasticLM(model.config).to(device).eval())
+            u = copy.copy(lm)
+            u.model = type(model)(model.config).to(device).eval()
         u.name = "untrained"
         return u
 
-    info = {"path": str(checkpoint), "model_id": meta.get("model_id"), "config": model.config.to_dict(),
-            "params": model.num_params()}
+    info = {"path": str(checkpoint), "arch": meta.get("arch", "plasticlm"), "model_id": meta.get("model_id"),
+            "config": model.config.to_dict(), "params": sum(p.numel() for p in model.parameters())}
+    if "online" in options:
+        info["online"] = vars(options["online"])
     return lm, tok, info, untrained
+
+
+def _pair(item: str) -> tuple[str, str]:
+    if "=" not in item:
+        raise ValueError(f"--online {item!r} must look like key=value (e.g. steps=2)")
+    k, v = item.split("=", 1)
+    return k.strip(), v
 
 
 def run(args) -> int:
@@ -79,7 +103,7 @@ def run(args) -> int:
     for s in suites:  # reject bad settings before loading anything
         make_config(s, args.preset, args.overrides)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    lm, tok, info, untrained = load_lm(args.checkpoint, device, args.tokenizer, args.seed)
+    lm, tok, info, untrained = load_lm(args.checkpoint, device, args.tokenizer, args.seed, args.online)
     out = Path(args.out) if args.out else Path(args.checkpoint) / "eval"
     ctx = Context(lm=lm, tokenizer=tok, seed=args.seed, out_dir=out, progress=not args.no_progress,
                   untrained=None if args.no_controls else untrained)

@@ -1,0 +1,47 @@
+"""Every kind of checkpoint reaches the evaluations through one loader, and `plasticlm eval` runs on it."""
+import json
+
+import pytest
+import torch
+
+from plasticlm.aunn.online import AUNNAsLM
+from plasticlm.baselines.transformer import TransformerAsLM
+from plasticlm.cli import main
+from plasticlm.lm import PlasticLMAsLM, load_lm
+
+SMALL = ["model.d_model=32", "model.n_layers=1", "model.n_heads=2", "data.seq_len=32", "data.batch_size=2",
+         "segment_len=16", "steps=2", "eval_tokens=64", "log.tensorboard=disabled"]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ckpts")
+    assert main(["train", "tiny", f"out_dir={root / 'plasticlm'}", *SMALL, "--no-progress"]) == 0
+    assert main(["train", "tiny_transformer", f"out_dir={root / 'transformer'}", *SMALL, "model.ffn_hidden=64",
+                 "--no-progress"]) == 0
+    assert main(["aunn", "train", "model.width=32", "model.depth=1", "train.steps=2", "train.batch_size=64",
+                 f"out_dir={root / 'aunn'}", "--no-progress"]) == 0
+    return root
+
+
+@pytest.mark.parametrize("kind,cls", [("plasticlm", PlasticLMAsLM), ("transformer", TransformerAsLM),
+                                      ("aunn", AUNNAsLM)])
+def test_load_lm_picks_the_adapter(checkpoints, kind, cls):
+    lm, tok, meta = load_lm(checkpoints / kind)
+    assert isinstance(lm, cls) and meta.get("arch", "plasticlm") == kind
+    x = torch.tensor([tok.encode("Reading changes the state.")])
+    lp, state = lm.score(x, lm.init_state(1))
+    assert lp.shape == (1, x.shape[1], tok.vocab_size)
+    assert torch.allclose(lp.exp().sum(-1), torch.ones(1, x.shape[1]), atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["transformer", "aunn"])
+def test_eval_cli_runs_on_baselines(checkpoints, tmp_path, kind):
+    extra = ["--online", "steps=1", "chunk_len=16"] if kind == "aunn" else []
+    out = tmp_path / "eval"
+    code = main(["eval", str(checkpoints / kind), "--suite", "perplexity", "--preset", "smoke", "--out", str(out),
+                 "--device", "cpu", "--no-progress", *extra])
+    assert code == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["checkpoint"]["arch"] == kind
+    assert res["suites"]["perplexity"]["results"]["bits_per_byte"] > 0
