@@ -60,13 +60,19 @@ def worker(args) -> dict:
             return torch.cuda.max_memory_allocated(dev)
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
-    step()  # optimizer state exists from here on: it belongs to the baseline, not to T
+    # Gradients and optimizer state belong to the baseline, not to T: make them exist before
+    # measuring, without a training step (whose activations would set the high-water mark).
+    for p_ in model.parameters():
+        p_.grad = torch.zeros_like(p_)
+    opt.step()
+    opt.zero_grad(set_to_none=False)
     if dev.type == "cuda":
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated(dev)
         torch.cuda.reset_peak_memory_stats(dev)
     else:
         base = used()
+    step()  # the first step sets the peak; the second, warm, is timed
     t0 = time.perf_counter()
     step()
     if dev.type == "cuda":
@@ -124,7 +130,7 @@ def main():
     lines = [f"# Peak training memory vs sequence length ({args.preset}, {device}, {date})", "",
              f"- command: `{command}`", f"- commit: {commit}", f"- torch {torch.__version__}",
              f"- memory: {'torch.cuda.max_memory_allocated' if args.device.startswith('cuda') else 'peak RSS'} "
-             "during one optimizer step, minus the process's memory after a first step (model, optimizer state, data)",
+             "during one optimizer step, minus the process's memory before it (model, gradients, optimizer state, data)",
              "", "| trainer | blocks | T | B x L | peak above baseline (MiB) | boundary states (MiB) | tokens/s |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:

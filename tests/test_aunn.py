@@ -7,8 +7,16 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from plasticlm.aunn import (AUNN, AUNNConfig, OfflineConfig, OfflineTrainer, decode_index, encode_index, load_aunn,
-                            save_aunn)
+from plasticlm.aunn import (
+    AUNN,
+    AUNNConfig,
+    OfflineConfig,
+    OfflineTrainer,
+    decode_index,
+    encode_index,
+    load_aunn,
+    save_aunn,
+)
 from plasticlm.tokenizer import ByteTokenizer
 
 TINY = AUNNConfig(vocab_size=32, index_bits=16, width=64, depth=2)

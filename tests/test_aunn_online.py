@@ -5,7 +5,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from plasticlm.aunn import AUNN, AUNNAsLM, AUNNConfig, OfflineConfig, OfflineTrainer, OnlineConfig
+from plasticlm.aunn import (
+    AUNN,
+    AUNNAsLM,
+    AUNNConfig,
+    OfflineConfig,
+    OfflineTrainer,
+    OnlineConfig,
+)
 from plasticlm.lm import LM
 
 TINY = AUNNConfig(vocab_size=32, index_bits=16, width=64, depth=2)

@@ -3,20 +3,19 @@ import pytest
 import torch
 
 from plasticlm import ModelConfig, PlasticLM
-from plasticlm.baselines import (KVCache, MixerState, RecurrentAsLM, RecurrentConfig, RecurrentLM, Transformer,
-                                 TransformerAsLM, TransformerConfig, build_baseline)
+from plasticlm.baselines import (
+    KVCache,
+    MixerState,
+    RecurrentAsLM,
+    RecurrentConfig,
+    RecurrentLM,
+    Transformer,
+    TransformerAsLM,
+    TransformerConfig,
+    build_baseline,
+)
 from plasticlm.baselines.fla_models import FLA_HINT, _fla_ops, fla_available
 from plasticlm.baselines.transformer import count_params
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread avoids OpenMP spin contention on a loaded 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 V = 61
 PLASTIC = ModelConfig(vocab_size=V, d_model=32, n_layers=2, n_heads=4)

@@ -16,14 +16,6 @@ TINY = {"model": {"vocab_size": 40, "d_model": 16, "n_layers": 1, "n_heads": 2},
         "baseline": {"mamba2": {"state_size": 8, "mamba_head_dim": 8}}, "isolate": False, "threads": 1}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny(tmp_path, **kw):
     return make_config("smoke", out=str(tmp_path), name="t", **{**TINY, **kw})
 

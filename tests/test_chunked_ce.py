@@ -8,15 +8,6 @@ from plasticlm.trainer.chunked_ce import chunked_cross_entropy
 from plasticlm.trainer.segment import segment_loss
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread avoids OpenMP spin contention on a loaded 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.parametrize("chunk_rows", [1, 7, 64, None], ids=lambda c: f"rows{c}")
 @pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
 def test_equals_plain_loss_and_gradients(chunk_rows, weighted):

@@ -10,7 +10,7 @@ import torch
 
 from plasticlm import ModelConfig, PlasticLM, State
 from plasticlm.checkpoint import save_model
-from plasticlm.reading import Corpus, ReadState, Reader
+from plasticlm.reading import Corpus, Reader, ReadState
 from plasticlm.tokenizer import ByteTokenizer
 
 DOCS = ["The cat sat on the mat.\n" * 7, "Ünïcödé ✓ — 日本語のテキスト 🙂\n", "short", "x" * 130,

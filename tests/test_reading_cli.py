@@ -14,7 +14,7 @@ import torch
 from plasticlm import ModelConfig, PlasticLM
 from plasticlm.checkpoint import save_model
 from plasticlm.cli import main
-from plasticlm.reading import ReadState, Reader
+from plasticlm.reading import Reader, ReadState
 from plasticlm.sampling import Sampling
 from plasticlm.tokenizer import ByteTokenizer
 

@@ -4,32 +4,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from plasticlm import ModelConfig, PlasticLM
-from plasticlm.checkpoint import save_model
 from plasticlm.reading import Reader
 from plasticlm.sampling import Sampling, TextStream, next_token, penalize
 from plasticlm.tokenizer import ByteTokenizer
 
+from . import test_reading as shared
+
+# The reading tests' checkpoint and reader fixtures, and their tiny model.
+ckpt, reader, tiny_model = shared.ckpt, shared.reader, shared.tiny_model
+
 DOCS = ["The cat sat on the mat.\n" * 5, "Ünïcödé ✓ — 日本語のテキスト 🙂\n", "Paris is the capital of France.\n"]
 GREEDY = Sampling(temperature=0, max_new_tokens=24)
-
-
-def tiny_model(seed: int = 0) -> PlasticLM:
-    torch.manual_seed(seed)
-    return PlasticLM(ModelConfig(vocab_size=272, d_model=32, n_layers=2, n_heads=2, init_std=0.3,
-                                 chunk_size=16)).eval()
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    d = tmp_path_factory.mktemp("ckpt")
-    save_model(d, tiny_model(), ByteTokenizer())
-    return d
-
-
-@pytest.fixture(scope="module")
-def reader(ckpt):
-    return Reader.load(ckpt, piece=16)
 
 
 def test_generation_from_saved_state_equals_in_process(reader, ckpt, tmp_path):

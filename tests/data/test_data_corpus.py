@@ -6,8 +6,15 @@ from collections import Counter
 
 import pytest
 
-from plasticlm.data.corpus import (DEFAULT_FRACTIONS, SPLITS, Document, SkipLog, check_fractions, read_corpus,
-                                   split_of)
+from plasticlm.data.corpus import (
+    DEFAULT_FRACTIONS,
+    SPLITS,
+    Document,
+    SkipLog,
+    check_fractions,
+    read_corpus,
+    split_of,
+)
 from plasticlm.data.hub import HubUnreachable, wikitext_articles
 
 

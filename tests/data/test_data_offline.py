@@ -9,8 +9,16 @@ import pytest
 
 from plasticlm.data.corpus import SkipLog, read_corpus
 from plasticlm.data.linked import LinkedGraph
-from plasticlm.data.offline import (BuildConfig, build_offline, catalog_pairs, clean_page, is_english, list_pages,
-                                    parse_mo, resolve_refs)
+from plasticlm.data.offline import (
+    BuildConfig,
+    build_offline,
+    catalog_pairs,
+    clean_page,
+    is_english,
+    list_pages,
+    parse_mo,
+    resolve_refs,
+)
 
 needs_groff = pytest.mark.skipif(not (shutil.which("groff") and shutil.which("col")), reason="needs groff and col")
 

@@ -3,7 +3,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from plasticlm.data.shuffled import (VocabShuffle, VocabStats, attack_recovery, frequency_attack)
+from plasticlm.data.shuffled import (
+    VocabShuffle,
+    VocabStats,
+    attack_recovery,
+    frequency_attack,
+)
 from plasticlm.data.tokenizer import SPECIAL
 
 

@@ -8,8 +8,15 @@ import torch
 from plasticlm.data.linked import LinkedGraph
 from plasticlm.data.shuffled import VocabStats
 from plasticlm.data.stream import Stream
-from plasticlm.data.streams import (LinkedConfig, LinkedStream, ShuffledConfig, ShuffledStream, TraditionalConfig,
-                                    TraditionalStream, build_stream)
+from plasticlm.data.streams import (
+    LinkedConfig,
+    LinkedStream,
+    ShuffledConfig,
+    ShuffledStream,
+    TraditionalConfig,
+    TraditionalStream,
+    build_stream,
+)
 
 PAD, BOS, EOS = 0, 1, 2
 

@@ -3,8 +3,14 @@ import json
 import numpy as np
 import pytest
 
-from plasticlm.data.tokenizer import (CONTINUATION, DIGIT_PUNCT, OTHER, WORD_INITIAL, BPETokenizer,
-                                      categorize_bytes)
+from plasticlm.data.tokenizer import (
+    CONTINUATION,
+    DIGIT_PUNCT,
+    OTHER,
+    WORD_INITIAL,
+    BPETokenizer,
+    categorize_bytes,
+)
 from plasticlm.tokenizer import SPECIAL_TOKENS, Tokenizer, load_tokenizer
 
 TEXTS = ["Hello, world!", "  leading spaces\tand tabs\n\nnewlines  ", "ünïcödé — emoji 🦜 and 中文",

@@ -122,11 +122,3 @@ def lms(bigram, plastic):
 def approx(a, b, rel=1e-9):
     return math.isclose(a, b, rel_tol=rel)
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread; with several, a loaded machine stalls every small matmul."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)

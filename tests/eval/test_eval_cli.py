@@ -4,13 +4,13 @@ import sys
 import types
 
 import pytest
-
 from conftest import V
+from test_eval_suites import TINY
+
 from plasticlm import ModelConfig, PlasticLM
 from plasticlm.checkpoint import save_model
 from plasticlm.cli import main
 from plasticlm.eval.registry import SUITES
-from test_eval_suites import TINY
 
 
 def test_eval_all_suites_on_a_tiny_checkpoint(checkpoint, tmp_path, capsys):

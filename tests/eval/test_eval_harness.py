@@ -3,8 +3,8 @@ import math
 
 import pytest
 import torch
-
 from conftest import UnigramLM
+
 from plasticlm.eval import harness
 
 

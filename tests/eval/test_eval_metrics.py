@@ -2,11 +2,10 @@
 import math
 
 import pytest
-
 from conftest import UnigramLM
-from plasticlm.eval import Context
+
+from plasticlm.eval import Context, qa
 from plasticlm.eval import perplexity as ppl
-from plasticlm.eval import qa
 from plasticlm.eval.bleu import sacre
 from plasticlm.eval.registry import make_config
 

@@ -3,8 +3,8 @@ import json
 
 import pytest
 import torch
-
 from conftest import UnigramLM, untrained_plastic
+
 from plasticlm.eval import Context, evaluate
 from plasticlm.eval.adapt import DynamicEval, finetune, restored, trainable
 from plasticlm.eval.registry import SUITES, make_config
@@ -141,6 +141,7 @@ def test_oneshot_on_a_language_given_by_the_caller(tok, bigram, tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_every_suite_runs_on_cuda(tok, tmp_path):
     from conftest import tiny_config
+
     from plasticlm import PlasticLM
     from plasticlm.lm import PlasticLMAsLM
 

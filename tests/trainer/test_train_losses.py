@@ -7,7 +7,12 @@ import pytest
 import torch
 
 from plasticlm import ModelConfig, PlasticLM
-from plasticlm.trainer.losses import band_edges, proxy_penalty, ramp_weights, retention_mass
+from plasticlm.trainer.losses import (
+    band_edges,
+    proxy_penalty,
+    ramp_weights,
+    retention_mass,
+)
 from plasticlm.trainer.segment import segment_backward, segment_loss
 
 
