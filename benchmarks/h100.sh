@@ -10,6 +10,9 @@
 #   sweep     T = 1,024, 4,096, 16,384, 131,072
 #   infer     prefill and generation at batch 1 and 64, memory against context up to 1M
 #   paths     the memory's naive / chunk / kernel paths at T = 4,096
+#   foundation  every GPU-marked test (fla kernel vs chunk path on outputs, final state and all
+#             gradients, in fp32 and bf16), then peak training memory against T = 8k ... 1M
+#             (benchmarks/memory_flat.py --preset base)
 #
 # fla (for the GLA and Mamba-2 baselines and plasticlm's kernel path) is not on the GPU image;
 # fetch its wheels once on a machine with an index, into the ignored folder .whl/:
@@ -47,5 +50,9 @@ case "$stage" in
   sweep) "${bench[@]}" --suite train --seq-lens 1024,4096,16384,131072 --profile "" ;;
   infer) "${bench[@]}" --suite infer ;;
   paths) "${bench[@]}" --suite paths ;;
-  *) echo "usage: bash benchmarks/h100.sh headline|sweep|infer|paths" >&2; exit 2 ;;
+  foundation)
+    # shellcheck disable=SC2046
+    python3 -m pytest -q -m gpu -s -rs $(grep -rl "mark.gpu" tests) 2>&1 | tee "$res/gpu_tests.log"
+    python3 benchmarks/memory_flat.py --preset base --device cuda --out "$res" ;;
+  *) echo "usage: bash benchmarks/h100.sh headline|sweep|infer|paths|foundation" >&2; exit 2 ;;
 esac
