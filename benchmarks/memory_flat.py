@@ -92,11 +92,15 @@ def main():
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--storage", choices=["device", "host"], default="device")
     ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--report", default=None, help="only render the markdown of a results JSON")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--kind", default="segment", help=argparse.SUPPRESS)
     ap.add_argument("--T", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--reversible", type=int, default=1, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.report:
+        print(report(Path(args.report)))
+        return
     if args.worker:
         args.reversible = bool(args.reversible)
         print(json.dumps(worker(args)))
@@ -124,36 +128,48 @@ def main():
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else \
         f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
-    date = datetime.date.today().isoformat()
-    command = f"python benchmarks/memory_flat.py --preset {args.preset} --device {args.device} --storage {args.storage}"
-    mib = 2 ** 20
-    lines = [f"# Peak training memory vs sequence length ({args.preset}, {device}, {date})", "",
-             f"- command: `{command}`", f"- commit: {commit}", f"- torch {torch.__version__}",
-             f"- memory: {'torch.cuda.max_memory_allocated' if args.device.startswith('cuda') else 'peak RSS'} "
-             "during one optimizer step, minus the process's memory before it (model, gradients, optimizer state, data)",
-             "", "| trainer | blocks | T | B x L | peak above baseline (MiB) | boundary states (MiB) | tokens/s |",
-             "|---|---|---|---|---|---|---|"]
+    meta = {"command": f"python benchmarks/memory_flat.py --preset {args.preset} --device {args.device} --storage "
+                       f"{args.storage}", "commit": commit, "device": device, "date": datetime.date.today().isoformat(),
+            "preset": args.preset, "torch": torch.__version__, "cuda": args.device.startswith("cuda")}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tag = "cpu" if not meta["cuda"] else device.replace(" ", "_")
+    path = out / f"memory_flat-{args.preset}-{tag}-{meta['date']}.json"
+    path.write_text(json.dumps({**meta, "rows": rows}, indent=1))
+    print(report(path))
+
+
+def report(path: Path) -> str:
+    """Render the markdown beside a results JSON (also: `python benchmarks/memory_flat.py --report FILE`)."""
+    d = json.loads(Path(path).read_text())
+    rows, mib = d["rows"], 2 ** 20
+    lines = [f"# Peak training memory vs sequence length ({d['preset']}, {d['device']}, {d['date']})", "",
+             f"- command: `{d['command']}`", f"- commit: {d['commit']}", f"- torch {d.get('torch', '')}",
+             f"- memory: {'torch.cuda.max_memory_allocated' if d.get('cuda') else 'peak RSS'} during one optimizer "
+             "step; baseline: the process before that step (model, gradients, optimizer state, data)",
+             "", "| trainer | blocks | T | B x L | peak (MiB) | above baseline (MiB) | of which boundary states (MiB) "
+             "| tokens/s |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['kind']} | {'rev' if r['reversible'] else 'plain'} | {r['T']:,} | | {r['error']} | | |")
+            lines.append(f"| {r['kind']} | {'rev' if r['reversible'] else 'plain'} | {r['T']:,} | | {r['error']} | | | |")
             continue
         lines.append(f"| {r['kind']} | {'rev' if r['reversible'] else 'plain'} | {r['T']:,} | {r['B']} x "
-                     f"{r['L'] if r['kind'] == 'segment' else r['T']} | {(r['peak_bytes'] - r['baseline_bytes']) / mib:,.0f} | "
+                     f"{r['L'] if r['kind'] == 'segment' else r['T']} | {r['peak_bytes'] / mib:,.0f} | "
+                     f"{(r['peak_bytes'] - r['baseline_bytes']) / mib:,.0f} | "
                      f"{r['boundary_state_bytes'] / mib:,.1f} | {r['tok_s']:,.0f} |")
     seg = [r for r in rows if r.get("kind") == "segment" and r.get("reversible") and "error" not in r]
     if len(seg) >= 2:
         lo, hi = seg[0], seg[-1]
-        ratio = (hi["peak_bytes"] - hi["baseline_bytes"]) / max(1, lo["peak_bytes"] - lo["baseline_bytes"])
-        lines += ["", f"Peak at T={hi['T']:,} / peak at T={lo['T']:,} (segment trainer, reversible, above baseline): "
-                  f"{ratio:.2f}x; boundary states grow from {lo['boundary_state_bytes'] / mib:.1f} to "
-                  f"{hi['boundary_state_bytes'] / mib:.1f} MiB."]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    tag = "cpu" if not args.device.startswith("cuda") else device.replace(" ", "_")
-    (out / f"memory_flat-{args.preset}-{tag}-{date}.json").write_text(json.dumps(
-        {"command": command, "commit": commit, "device": device, "date": date, "rows": rows}, indent=1))
-    (out / f"memory_flat-{args.preset}-{tag}-{date}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+        above = [r["peak_bytes"] - r["baseline_bytes"] for r in (lo, hi)]
+        act = [a - r["boundary_state_bytes"] for a, r in zip(above, (lo, hi))]
+        lines += ["", f"Segment trainer, reversible blocks, T={hi['T']:,} against T={lo['T']:,}: peak "
+                  f"{hi['peak_bytes'] / lo['peak_bytes']:.2f}x; above baseline {above[1] / above[0]:.2f}x; above "
+                  f"baseline without the boundary states {act[1] / act[0]:.2f}x. The boundary states grow from "
+                  f"{lo['boundary_state_bytes'] / mib:.1f} to {hi['boundary_state_bytes'] / mib:.1f} MiB "
+                  "(linear in T; `storage=\"host\"` moves them off the device)."]
+    text = "\n".join(lines) + "\n"
+    Path(path).with_suffix(".md").write_text(text)
+    return text
 
 
 if __name__ == "__main__":
