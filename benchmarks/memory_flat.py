@@ -147,6 +147,8 @@ def report(path: Path) -> str:
              f"- command: `{d['command']}`", f"- commit: {d['commit']}", f"- torch {d.get('torch', '')}",
              f"- memory: {'torch.cuda.max_memory_allocated' if d.get('cuda') else 'peak RSS'} during one optimizer "
              "step; baseline: the process before that step (model, gradients, optimizer state, data)",
+             "- tokens/s: one warm step timed in the same process, a side figure; throughput of record comes "
+             "from `plasticlm bench`, which times several steps per configuration",
              "", "| trainer | blocks | T | B x L | peak (MiB) | above baseline (MiB) | of which boundary states (MiB) "
              "| tokens/s |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
