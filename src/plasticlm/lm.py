@@ -65,12 +65,11 @@ class LM(abc.ABC):
         return torch.stack(out, 1) if out else prompt.new_zeros(prompt.shape[0], 0), state
 
 
-class PlasticLMAsLM(LM):
-    """plasticlm behind the LM interface; long inputs are processed in pieces of ``piece`` tokens."""
+class PiecewiseLM(LM):
+    """An LM over a model with ``forward``/``hidden(tokens, state) -> (out, state)``: long inputs
+    are processed in pieces of ``piece`` tokens with the state carried (``_carry`` may bound it)."""
 
-    name = "plasticlm"
-
-    def __init__(self, model: PlasticLM, piece: int = 4096):
+    def __init__(self, model, piece: int = 4096):
         self.model = model
         self.vocab_size = model.config.vocab_size
         self.device = model.embed.weight.device
@@ -79,12 +78,17 @@ class PlasticLMAsLM(LM):
     def init_state(self, batch_size: int):
         return self.model.init_state(batch_size)
 
+    def _carry(self, state):
+        """The state handed to the next piece."""
+        return state
+
     @torch.no_grad()
     def score(self, tokens, state):
         tokens = tokens.to(self.device)
         out = []
         for a in range(0, tokens.shape[1], self.piece):
             logits, state = self.model(tokens[:, a:a + self.piece], state)
+            state = self._carry(state)
             out.append(F.log_softmax(logits.float(), -1))
         return torch.cat(out, 1), state
 
@@ -93,7 +97,17 @@ class PlasticLMAsLM(LM):
         tokens = tokens.to(self.device)
         for a in range(0, tokens.shape[1], self.piece):
             _, state = self.model.hidden(tokens[:, a:a + self.piece], state)
+            state = self._carry(state)
         return state
+
+
+class PlasticLMAsLM(PiecewiseLM):
+    """plasticlm behind the LM interface; long inputs are processed in pieces of ``piece`` tokens."""
+
+    name = "plasticlm"
+
+    def __init__(self, model: PlasticLM, piece: int = 4096):
+        super().__init__(model, piece)
 
 
 def load_lm(checkpoint, device="cpu", **options):

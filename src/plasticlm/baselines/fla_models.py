@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import ModelConfig
-from ..lm import PlasticLMAsLM
+from ..lm import PiecewiseLM
 from ..model import FeedForward, RMSNorm
 from ..ops.chunk import chunk_recurrence
 from ..ops.naive import naive_recurrence
@@ -335,7 +335,7 @@ class RecurrentLM(nn.Module):
         return logits[:, 0], state
 
 
-class RecurrentAsLM(PlasticLMAsLM):
+class RecurrentAsLM(PiecewiseLM):
     """A GLA or Mamba-2 baseline behind the evaluations' LM interface (constant-size state)."""
 
     def __init__(self, model: RecurrentLM, piece: int = 4096):

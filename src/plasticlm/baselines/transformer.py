@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import ModelConfig
-from ..lm import LM
+from ..lm import PiecewiseLM
 from ..model import FeedForward, RMSNorm
 
 
@@ -294,7 +294,7 @@ def _check_tokens(tokens, vocab_size: int) -> None:
         raise ValueError(f"token id {lo if lo < 0 else hi} is out of range [0, {vocab_size}) (vocab_size={vocab_size})")
 
 
-class TransformerAsLM(LM):
+class TransformerAsLM(PiecewiseLM):
     """The Transformer behind the evaluations' LM interface; the state is its KV cache.
 
     Text is read in pieces of ``piece`` tokens with the cache carried, so scores equal one
@@ -308,28 +308,8 @@ class TransformerAsLM(LM):
     def __init__(self, model: Transformer, piece: int = 4096, window: int | None = None):
         if window is not None and window < 1:
             raise ValueError(f"window must be None or >= 1, got {window!r}")
-        self.model = model
-        self.vocab_size = model.config.vocab_size
-        self.device = model.embed.weight.device
-        self.piece, self.window = piece, window
+        super().__init__(model, piece)
+        self.window = window
 
-    def init_state(self, batch_size: int) -> KVCache:
-        return self.model.init_state(batch_size)
-
-    @torch.no_grad()
-    def score(self, tokens, state):
-        tokens = tokens.to(self.device)
-        out = []
-        for a in range(0, tokens.shape[1], self.piece):
-            logits, state = self.model(tokens[:, a:a + self.piece], state)
-            state = state.trim(self.window)
-            out.append(F.log_softmax(logits.float(), -1))
-        return torch.cat(out, 1), state
-
-    @torch.no_grad()
-    def read(self, tokens, state):
-        tokens = tokens.to(self.device)
-        for a in range(0, tokens.shape[1], self.piece):
-            _, state = self.model.hidden(tokens[:, a:a + self.piece], state)
-            state = state.trim(self.window)
-        return state
+    def _carry(self, state: KVCache) -> KVCache:
+        return state.trim(self.window)
