@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     for s in (0.1, 0.3, 0.5):
         settings[f"fission {s} + fusion {s}"] = (s, s)
     for name, (fis, fus) in settings.items():
-        vals = [measure(hold_stats, stream.original_text(seed), ref_stats.counts, seed, fis, fus, args.pool)
+        vals = [measure(hold_stats, stream.original_text(seed, 0), ref_stats.counts, seed, fis, fus, args.pool)
                 for seed in range(args.seeds)]
         rows[name] = {"fission": fis, "fusion": fus,
                       **{k: {"mean": float(np.mean([v[k] for v in vals])), "std": float(np.std([v[k] for v in vals]))}

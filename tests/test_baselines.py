@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from plasticlm import ModelConfig, PlasticLM
+from plasticlm import ModelConfig, PlasticLM, archs
 from plasticlm.baselines import (
     KVCache,
     MixerState,
@@ -12,7 +12,6 @@ from plasticlm.baselines import (
     Transformer,
     TransformerAsLM,
     TransformerConfig,
-    build_baseline,
 )
 from plasticlm.baselines.fla_models import FLA_HINT, _fla_ops, fla_available
 from plasticlm.baselines.transformer import count_params
@@ -27,7 +26,7 @@ def build(kind, seed=0, **kw):
     torch.manual_seed(seed)
     extra = dict(SMALL_MAMBA, backend="torch") if kind == "mamba2" else {"backend": "torch"} if kind == "gla" else {}
     extra.update(kw)
-    return build_baseline(kind, PLASTIC, **extra).double()
+    return archs.build(kind, archs.sized_like(kind, PLASTIC, **extra)).double()
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -37,7 +36,7 @@ def test_equal_parameter_count(kind, plastic):
     target = count_params(lambda: PlasticLM(plastic))
     with torch.device("meta"):
         extra = SMALL_MAMBA if kind == "mamba2" and plastic.d_model < 100 else {}
-        n = build_baseline(kind, plastic, **extra).num_params()
+        n = archs.build(kind, archs.sized_like(kind, plastic, **extra)).num_params()
     assert abs(n - target) / target < 0.01, (n, target)
 
 
@@ -151,8 +150,8 @@ def test_bad_configs_and_inputs_name_the_problem():
         TransformerConfig(d_model=30, n_heads=4)
     with pytest.raises(ValueError, match="mixer"):
         RecurrentConfig(mixer="lstm")
-    with pytest.raises(ValueError, match="unknown baseline"):
-        build_baseline("rwkv", PLASTIC)
+    with pytest.raises(ValueError, match="unknown arch 'rwkv'"):
+        archs.sized_like("rwkv", PLASTIC)
     with pytest.raises(ValueError, match="out of range"):
         Transformer(TransformerConfig(vocab_size=10, d_model=16, n_layers=1, n_heads=2))(torch.tensor([[3, 10]]))
 

@@ -8,7 +8,7 @@ import plasticlm
 from plasticlm.checkpoint import load_model
 from plasticlm.cli import main
 
-SMALL = ["steps=4", "model.d_model=32", "model.n_layers=2", "data.seq_len=64", "data.batch_size=4",
+SMALL = ["steps=4", "model.d_model=32", "model.n_layers=2", "data.seq_len=64", "data.min_len=32", "data.batch_size=4",
          "segment_len=32", "eval_tokens=512"]
 
 

@@ -5,11 +5,12 @@ import pytest
 import torch
 
 from plasticlm.aunn.online import AUNNAsLM
-from plasticlm.baselines.transformer import TransformerAsLM
+from plasticlm.baselines import RecurrentAsLM, TransformerAsLM
 from plasticlm.cli import main
-from plasticlm.lm import PlasticLMAsLM, load_lm
+from plasticlm.checkpoint import load_lm
+from plasticlm.lm import PlasticLMAsLM
 
-SMALL = ["model.d_model=32", "model.n_layers=1", "model.n_heads=2", "data.seq_len=32", "data.batch_size=2",
+SMALL = ["model.d_model=32", "model.n_layers=1", "model.n_heads=2", "data.seq_len=32", "data.min_len=0", "data.batch_size=2",
          "segment_len=16", "steps=2", "eval_tokens=64", "log.tensorboard=disabled"]
 
 
@@ -17,15 +18,16 @@ SMALL = ["model.d_model=32", "model.n_layers=1", "model.n_heads=2", "data.seq_le
 def checkpoints(tmp_path_factory):
     root = tmp_path_factory.mktemp("ckpts")
     assert main(["train", "tiny", f"out_dir={root / 'plasticlm'}", *SMALL, "--no-progress"]) == 0
-    assert main(["train", "tiny_transformer", f"out_dir={root / 'transformer'}", *SMALL, "model.ffn_hidden=64",
-                 "--no-progress"]) == 0
+    for arch in ("transformer", "gla", "mamba2"):  # every registered architecture trains with `plasticlm train`
+        assert main(["train", f"tiny_{arch}", f"out_dir={root / arch}", *SMALL, "model.ffn_hidden=64",
+                     "--no-progress"]) == 0
     assert main(["aunn", "train", "model.width=32", "model.depth=1", "train.steps=2", "train.batch_size=64",
                  f"out_dir={root / 'aunn'}", "--no-progress"]) == 0
     return root
 
 
 @pytest.mark.parametrize("kind,cls", [("plasticlm", PlasticLMAsLM), ("transformer", TransformerAsLM),
-                                      ("aunn", AUNNAsLM)])
+                                      ("gla", RecurrentAsLM), ("mamba2", RecurrentAsLM), ("aunn", AUNNAsLM)])
 def test_load_lm_picks_the_adapter(checkpoints, kind, cls):
     lm, tok, meta = load_lm(checkpoints / kind)
     assert isinstance(lm, cls) and meta.get("arch", "plasticlm") == kind
@@ -35,7 +37,7 @@ def test_load_lm_picks_the_adapter(checkpoints, kind, cls):
     assert torch.allclose(lp.exp().sum(-1), torch.ones(1, x.shape[1]), atol=1e-4)
 
 
-@pytest.mark.parametrize("kind", ["transformer", "aunn"])
+@pytest.mark.parametrize("kind", ["transformer", "gla", "aunn"])
 def test_eval_cli_runs_on_baselines(checkpoints, tmp_path, kind):
     extra = ["--online", "steps=1", "chunk_len=16"] if kind == "aunn" else []
     out = tmp_path / "eval"

@@ -78,7 +78,7 @@ def test_reversible_inverse_rebuilds_inputs():
     model = tiny()
     block = model.blocks[0]
     x1, x2 = torch.randn(2, 2, 13, 16, dtype=torch.float64)
-    S = torch.randn(2, 2, 8, 8, dtype=torch.float64)
+    S = {"memory": torch.randn(2, 2, 8, 8, dtype=torch.float64)}
     y1, y2, _ = block.forward_rev(x1, x2, S)
     r1, r2 = block.inverse(y1, y2, S)
     assert rel(r1, x1) < 1e-12 and rel(r2, x2) < 1e-12

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .config import ModelConfig
-from .model import PlasticLM
+from . import archs
 from .tokenizer import Tokenizer, load_tokenizer
 
 FORMAT = "plasticlm.model/1"
@@ -27,7 +26,7 @@ WEIGHTS = "model.safetensors"
 TOKENIZER = "tokenizer.json"
 
 
-def model_id(config: ModelConfig, tensors: dict[str, torch.Tensor]) -> str:
+def model_id(config, tensors: dict[str, torch.Tensor]) -> str:
     h = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode())
     for name in sorted(tensors):
         h.update(name.encode())
@@ -44,10 +43,12 @@ def atomic_write(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
-def save_model(directory: str | os.PathLike, model: PlasticLM, tokenizer: Tokenizer,
+def save_model(directory: str | os.PathLike, model, tokenizer: Tokenizer,
                extra: dict[str, str] | None = None) -> str:
-    """Write weights and tokenizer into ``directory``; returns the model_id."""
-    return save_weights(directory, model.config, model.state_dict(), tokenizer, extra)
+    """Write weights and tokenizer into ``directory``; returns the model_id. The metadata's ``arch``
+    names the model's registered architecture."""
+    return save_weights(directory, model.config, model.state_dict(), tokenizer,
+                        {"arch": archs.arch_of(model), **(extra or {})})
 
 
 def save_weights(directory: str | os.PathLike, config, state_dict: dict[str, torch.Tensor], tokenizer: Tokenizer,
@@ -85,8 +86,8 @@ def read_metadata(directory: str | os.PathLike) -> dict[str, str]:
 def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu"):
     """Returns (model in eval mode, tokenizer, metadata).
 
-    The model is a PlasticLM, or the architecture the metadata's ``arch`` names (a baseline
-    trained by the same trainer, see ``plasticlm.trainer.models``).
+    The model is the architecture the metadata's ``arch`` names (plasticlm when absent), built
+    through :mod:`plasticlm.archs`.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -94,12 +95,7 @@ def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu")
     d = Path(directory)
     meta = read_metadata(d)
     arch = meta.get("arch", "plasticlm")
-    if arch == "plasticlm":
-        config = ModelConfig.from_dict(json.loads(meta["config"]))
-    else:
-        from .trainer.models import model_config
-
-        config = model_config(arch, json.loads(meta["config"]), where=f"{d / WEIGHTS}: config")
+    config = archs.make_config(arch, json.loads(meta["config"]), where=f"{d / WEIGHTS}: config")
     tokenizer = load_tokenizer(d / TOKENIZER)
     if tokenizer.vocab_size != config.vocab_size:
         raise ValueError(f"{d}: tokenizer has {tokenizer.vocab_size} tokens, model vocab_size is {config.vocab_size}")
@@ -107,13 +103,31 @@ def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu")
         tensors = load_file(str(d / WEIGHTS), device=str(device))
     except (SafetensorError, OSError) as e:
         raise ValueError(f"{d / WEIGHTS}: cannot read weights (truncated or corrupt?): {e}") from e
-    if arch == "plasticlm":
-        model = PlasticLM(config)
-    else:
-        from .trainer.models import build_model
-
-        model = build_model(arch, config)
-    model = model.to(device)
+    model = archs.build(arch, config).to(device)
     model.load_state_dict(tensors)
     model.eval()
     return model, tokenizer, meta
+
+
+def load_lm(checkpoint: str | os.PathLike, device: str | torch.device = "cpu", **options):
+    """Any checkpoint directory as an evaluation :class:`~plasticlm.lm.LM`: (lm, tokenizer, metadata).
+
+    Models saved by :func:`save_model` or ``plasticlm train`` (metadata ``arch``) load through
+    :func:`load_model`; an AUNN checkpoint (``plasticlm aunn train``) through
+    :func:`plasticlm.aunn.offline.load_aunn`. ``options`` go to the arch's adapter: ``piece`` (tokens
+    per forward of the recurrent and attention models), ``online`` (how an AUNN reads, an
+    ``OnlineConfig``).
+    """
+    from .aunn.offline import WEIGHTS as AUNN_WEIGHTS
+
+    d = Path(checkpoint)
+    if (d / AUNN_WEIGHTS).exists() and not (d / WEIGHTS).exists():
+        from .aunn.offline import load_aunn
+
+        model, tok, meta = load_aunn(d, device)
+        meta = {**meta, "arch": "aunn"}
+        options = {"online": options.get("online")}
+    else:
+        model, tok, meta = load_model(d, device)
+        options = {k: v for k, v in options.items() if k != "online"}
+    return archs.as_lm(model, **options), tok, meta

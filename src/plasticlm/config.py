@@ -35,8 +35,22 @@ class ModelConfig:
     """RevNet coupling over depth with input reconstruction; False gives plain pre-norm residuals."""
     min_half_life: float = 2.0
     """Shortest initial gate half-life, in tokens (gate biases are spread log-uniformly)."""
-    max_half_life: float = 1e5
-    """Longest initial gate half-life, in tokens."""
+    max_half_life: float = 0.0
+    """Longest initial gate half-life, in tokens; 0 picks it by memory: 1e5 for 'gated_average'
+    (its write weight 1 - a keeps a slow channel an average, bounded however long it reads), 512
+    for 'decay' (write weight 1: a channel of half-life h sums about 1.44 h tokens, so it starts
+    short, as Mamba-2's dt and A give half-lives of about 0.4-700 tokens and fla's GLA about 16)."""
+    short_conv: int = 0
+    """Width of a causal depthwise convolution (then SiLU) over each layer's q, k and v, as in
+    Mamba-2, Gated DeltaNet and Zoology's GLA; 0 for none. Its last w - 1 inputs are carried in
+    the State, so pieces and steps equal one call."""
+    qk_norm: bool = False
+    """L2-normalise q and k per head (as DeltaNet and Gated DeltaNet) instead of scaling q by K^-0.5."""
+    bias_correction: bool = False
+    """'gated_average' only: read o_t = S_t^T q_t / (1 - prod_{s<=t} a_s) per key channel, as Adam
+    corrects its moments, so every channel is a weighted average of what was written since the
+    sequence began, however long its half-life (without it, a channel of half-life h holds about
+    t / (1.44 h) of its final weight after t tokens). prod a is carried in the State."""
     norm_eps: float = 1e-6
     """Epsilon of every RMSNorm."""
     init_std: float = 0.02
@@ -60,12 +74,26 @@ class ModelConfig:
         _require(self, "memory", self.memory in MEMORIES, f"one of {MEMORIES}")
         _require(self, "mode", self.mode in MODES, f"one of {MODES}")
         _require(self, "reversible", isinstance(self.reversible, bool), "a bool")
-        for name in ("min_half_life", "max_half_life", "norm_eps", "init_std"):
+        for name in ("min_half_life", "norm_eps", "init_std"):
             v = getattr(self, name)
             _require(self, name, isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0,
                      "a finite number > 0")
-        _require(self, "max_half_life", self.max_half_life >= self.min_half_life,
-                 f">= min_half_life={self.min_half_life}")
+        _require(self, "max_half_life", isinstance(self.max_half_life, (int, float)) and not isinstance(
+            self.max_half_life, bool) and math.isfinite(self.max_half_life) and self.max_half_life >= 0,
+            "0 (by memory) or a finite number")
+        _require(self, "max_half_life", self.longest_half_life >= self.min_half_life,
+                 f">= min_half_life={self.min_half_life} (0 means {self.longest_half_life:g} for memory={self.memory!r})")
+        _require(self, "short_conv", _is_int(self.short_conv) and self.short_conv >= 0 and self.short_conv != 1,
+                 "0 (none) or a width >= 2")
+        for name in ("qk_norm", "bias_correction"):
+            _require(self, name, isinstance(getattr(self, name), bool), "a bool")
+        _require(self, "bias_correction", not self.bias_correction or self.memory == "gated_average",
+                 f"false unless memory='gated_average' (memory={self.memory!r})")
+
+    @property
+    def longest_half_life(self) -> float:
+        """max_half_life, or the memory's own default when it is 0."""
+        return self.max_half_life or (512.0 if self.memory == "decay" else 1e5)
 
     @property
     def k_dim(self) -> int:

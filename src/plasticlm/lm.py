@@ -12,8 +12,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .model import PlasticLM
-
 
 def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                 generator: torch.Generator | None = None) -> torch.Tensor:
@@ -105,39 +103,3 @@ class PlasticLMAsLM(PiecewiseLM):
     """plasticlm behind the LM interface; long inputs are processed in pieces of ``piece`` tokens."""
 
     name = "plasticlm"
-
-    def __init__(self, model: PlasticLM, piece: int = 4096):
-        super().__init__(model, piece)
-
-
-def load_lm(checkpoint, device="cpu", **options):
-    """Any checkpoint directory as an :class:`LM`: returns (lm, tokenizer, metadata).
-
-    plasticlm and the baselines trained by ``plasticlm train`` (metadata ``arch``) come from
-    :func:`plasticlm.checkpoint.load_model`; an AUNN checkpoint (``plasticlm aunn train``) from
-    :func:`plasticlm.aunn.offline.load_aunn`, read online with ``options["online"]`` (an
-    ``OnlineConfig``). ``options["piece"]`` sets the tokens per forward of the recurrent and
-    attention models.
-    """
-    import json
-    from pathlib import Path
-
-    from .aunn.offline import WEIGHTS as AUNN_WEIGHTS
-    from .checkpoint import WEIGHTS, load_model
-
-    if (Path(checkpoint) / AUNN_WEIGHTS).exists() and not (Path(checkpoint) / WEIGHTS).exists():
-        from .aunn.offline import load_aunn
-        from .aunn.online import AUNNAsLM
-
-        model, tok, meta = load_aunn(checkpoint, device)
-        return AUNNAsLM(model, options.get("online")), tok, {**meta, "arch": "aunn"}
-    model, tok, meta = load_model(checkpoint, device)
-    arch = meta.get("arch", "plasticlm")
-    piece = options.get("piece", 4096)
-    if arch == "plasticlm":
-        return PlasticLMAsLM(model, piece=piece), tok, meta
-    if arch == "transformer":
-        from .baselines.transformer import TransformerAsLM
-
-        return TransformerAsLM(model, piece=piece), tok, meta
-    raise ValueError(f"{checkpoint}: no LM adapter for arch {arch!r} (config {json.loads(meta['config'])})")

@@ -35,7 +35,12 @@ def gate_bias(n: int, min_half_life: float, max_half_life: float) -> torch.Tenso
 
 
 class Memory(nn.Module):
-    """The memory process M of DESIGN 1.2. q, k, v and the gates are projections of the input only."""
+    """The memory process M of DESIGN 1.2. q, k, v and the gates are projections of the input only.
+
+    Its per-layer state is a dict: 'memory' S (B, H, K, V), plus 'conv' (the last inputs of the
+    short convolution) and 'log_gate_prod' (log prod a, for the bias correction) when the config
+    asks for them.
+    """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -43,6 +48,8 @@ class Memory(nn.Module):
         H, K, V = cfg.n_heads, cfg.k_dim, cfg.v_dim
         self.split = (H * K, H * K, H * V, H * V)  # q, k, v, output gate
         self.proj_in = nn.Linear(cfg.d_model, sum(self.split), bias=False)
+        C = sum(self.split[:3])
+        self.conv = nn.Conv1d(C, C, cfg.short_conv, groups=C, bias=False) if cfg.short_conv else None
         self.gate = nn.Linear(cfg.d_model, H * K) if cfg.memory != "linear" else None
         self.head_norm = RMSNorm(V, cfg.norm_eps)
         self.proj_out = nn.Linear(H * V, cfg.d_model, bias=False)
@@ -52,31 +59,57 @@ class Memory(nn.Module):
             H, K = self.cfg.n_heads, self.cfg.k_dim
             # Every head gets short, moderate and long memories: channel j of head h takes
             # half-life number j * H + h of the sorted spread.
-            b = gate_bias(H * K, self.cfg.min_half_life, self.cfg.max_half_life).view(K, H).t()
+            b = gate_bias(H * K, self.cfg.min_half_life, self.cfg.longest_half_life).view(K, H).t()
             with torch.no_grad():
                 self.gate.bias.copy_(b.reshape(-1))
 
-    def inputs(self, x):
-        """Projections of the layer input: q, k, log_a (B, T, H, K), v and output gate (B, T, H, V)."""
+    def state_shapes(self, batch_size: int) -> dict[str, tuple[int, ...]]:
+        c = self.cfg
+        shapes = {"memory": (batch_size, c.n_heads, c.k_dim, c.v_dim)}
+        if c.short_conv:
+            shapes["conv"] = (batch_size, c.short_conv - 1, sum(self.split[:3]))
+        if c.bias_correction:
+            shapes["log_gate_prod"] = (batch_size, c.n_heads, c.k_dim)
+        return shapes
+
+    def inputs(self, x, S):
+        """Projections of the layer input x (B, T, d) read after state S: q, k, log_a (B, T, H, K),
+        v and output gate (B, T, H, V), and the state's parts other than the memory after x."""
         B, T, _ = x.shape
         H, K, V = self.cfg.n_heads, self.cfg.k_dim, self.cfg.v_dim
         q, k, v, og = self.proj_in(x).split(self.split, dim=-1)
-        q = q.view(B, T, H, K) * K ** -0.5
-        k = k.view(B, T, H, K)
+        carried = {}
+        if self.conv is not None:
+            # Causal across calls: the previous call's last w - 1 inputs come first.
+            qkv = torch.cat((q, k, v), dim=-1)
+            full = torch.cat((S["conv"].to(qkv.dtype), qkv), dim=1)  # (B, w - 1 + T, C)
+            carried["conv"] = full[:, T:].to(S["conv"].dtype)
+            qkv = F.silu(F.conv1d(full.transpose(1, 2), self.conv.weight, groups=qkv.shape[-1]).transpose(1, 2))
+            q, k, v = qkv.split(self.split[:3], dim=-1)
+        q, k = q.reshape(B, T, H, K), k.reshape(B, T, H, K)
+        if self.cfg.qk_norm:
+            q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        else:
+            q = q * K ** -0.5
         if self.gate is None:
             log_a = torch.zeros_like(k)
         else:
-            log_a = F.logsigmoid(self.gate(x).float()).view(B, T, H, K)  # gates kept in float32
-        return q, k, v.view(B, T, H, V), log_a, og.view(B, T, H, V)
+            log_a = F.logsigmoid(self.gate(x).to(torch.promote_types(x.dtype, torch.float32))).view(B, T, H, K)  # gates in >= fp32
+        if self.cfg.bias_correction:
+            log_prod = S["log_gate_prod"].unsqueeze(1) + log_a.cumsum(1)  # (B, T, H, K): log prod_{s<=t} a_s
+            # 1 - prod a is the weight written so far; the clamp only guards a = 1 exactly.
+            q = q / (-torch.expm1(log_prod)).clamp_min(1e-20)
+            carried["log_gate_prod"] = log_prod[:, -1]
+        return q, k, v.reshape(B, T, H, V), log_a, og.reshape(B, T, H, V), carried
 
     def forward(self, x, S):
-        """x (B, T, d), S (B, H, K, V) -> (y (B, T, d), final S)."""
-        q, k, v, log_a, og = self.inputs(x)
+        """x (B, T, d), S (this layer's state) -> (y (B, T, d), state after x)."""
+        q, k, v, log_a, og, carried = self.inputs(x, S)
         fn = gated_average if self.cfg.memory == "gated_average" else gated_decay
         mode = "naive" if x.shape[1] == 1 else self.cfg.mode  # one step needs no chunking
-        o, S = fn(q, k, v, log_a, S, mode=mode, chunk_size=self.cfg.chunk_size)  # (B, T, H, V)
-        o = self.head_norm(o) * F.silu(og)
-        return self.proj_out(o.flatten(2)), S
+        o, memory = fn(q, k, v, log_a, S["memory"], mode=mode, chunk_size=self.cfg.chunk_size)  # (B, T, H, V)
+        o = self.head_norm(o.to(v.dtype)) * F.silu(og)
+        return self.proj_out(o.flatten(2)), {"memory": memory, **carried}
 
     def rewind(self, x, S_end):
         """Invert the recurrence over a segment: the start state that x drives to S_end.
@@ -84,15 +117,21 @@ class Memory(nn.Module):
         S_start = diag(1 / prod a) (S_end - sum_t diag(prod_{u>t} a_u) w_t k_t v_t^T). The
         division amplifies rounding by prod(1 / a_t): exact in exact arithmetic only.
         """
-        _, k, v, log_a, _ = self.inputs(x)
-        dtype = S_end.dtype
+        if self.conv is not None:
+            raise ValueError("time reversal cannot recover the short convolution's inputs before a segment: "
+                             "use reverse_every=0 with short_conv")
+        _, k, v, log_a, _, _ = self.inputs(x, S_end)
+        dtype = S_end["memory"].dtype
         k, v, log_a = k.to(dtype), v.to(dtype), log_a.to(dtype)
         if self.cfg.memory == "gated_average":
             k = k * -torch.expm1(log_a)
         b = log_a.cumsum(1)  # (B, T, H, K)
         total = b[:, -1]  # (B, H, K)
         U = torch.einsum("bthk,bthv->bhkv", k * (total.unsqueeze(1) - b).exp(), v)
-        return (S_end - U) * (-total).exp().unsqueeze(-1)
+        start = {"memory": (S_end["memory"] - U) * (-total).exp().unsqueeze(-1)}
+        if "log_gate_prod" in S_end:
+            start["log_gate_prod"] = S_end["log_gate_prod"] - total.to(S_end["log_gate_prod"].dtype)
+        return start
 
 
 class FeedForward(nn.Module):
@@ -166,12 +205,12 @@ class PlasticLM(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> State:
-        """Empty memories for ``batch_size`` sequences."""
-        c = self.config
+        """The state before any token, for ``batch_size`` sequences (at least float32)."""
         p = self.embed.weight
         dtype = dtype or (torch.float64 if p.dtype == torch.float64 else torch.float32)
-        return State([torch.zeros(batch_size, c.n_heads, c.k_dim, c.v_dim, device=device or p.device, dtype=dtype)
-                      for _ in range(c.n_layers)])
+        return State.from_layers([{k: torch.zeros(shape, device=device or p.device, dtype=dtype)
+                                   for k, shape in block.memory.state_shapes(batch_size).items()}
+                                  for block in self.blocks])
 
     def hidden(self, tokens, state: State | None = None, check: bool = True):
         """Final hidden states before the head: tokens (B, T) -> (h (B, T, d), state).
@@ -185,21 +224,22 @@ class PlasticLM(nn.Module):
             state = state if state is None else self._check_state(state, B)
         state = self.init_state(B) if state is None else state
         x = self.embed(tokens)  # (B, T, d)
+        parts = [state.layer(i) for i in range(len(self.blocks))]
         if self.config.reversible:
             if self.reconstruct and torch.is_grad_enabled():
-                y1, y2, S = reversible_stack(self.blocks, x, x, state.layers)
+                y1, y2, S = reversible_stack(self.blocks, x, x, parts)
             else:
                 y1, y2, S = x, x, []
-                for block, s in zip(self.blocks, state.layers):
+                for block, s in zip(self.blocks, parts):
                     y1, y2, s = block.forward_rev(y1, y2, s)
                     S.append(s)
             h = (y1 + y2) / 2
         else:
             h, S = x, []
-            for block, s in zip(self.blocks, state.layers):
+            for block, s in zip(self.blocks, parts):
                 h, s = block(h, s)
                 S.append(s)
-        return self.norm(h), State(S)
+        return self.norm(h), State.from_layers(S)
 
     def forward(self, tokens, state: State | None = None, check: bool = True):
         """tokens (B, T) int -> (logits (B, T, vocab), final state)."""
@@ -222,8 +262,9 @@ class PlasticLM(nn.Module):
         state = self.init_state(tokens.shape[0]) if state is None else self._check_state(state, tokens.shape[0])
         x1 = x2 = self.embed(tokens)
         out = []
-        for i, (block, S) in enumerate(zip(self.blocks, state.layers)):
-            out.append(block.memory.inputs(block.norm_m(x2 if self.config.reversible else x1))[3])
+        for i, block in enumerate(self.blocks):
+            S = state.layer(i)
+            out.append(block.memory.inputs(block.norm_m(x2 if self.config.reversible else x1), S)[3])
             if i + 1 < len(self.blocks):
                 if self.config.reversible:
                     x1, x2, _ = block.forward_rev(x1, x2, S)
@@ -243,7 +284,8 @@ class PlasticLM(nn.Module):
         self._check_state(state_end, tokens.shape[0])
         x1 = x2 = self.embed(tokens)
         starts = []
-        for block, S_end in zip(self.blocks, state_end.layers):
+        for i, block in enumerate(self.blocks):
+            S_end = state_end.layer(i)
             x_mem = x2 if self.config.reversible else x1
             S0 = block.memory.rewind(block.norm_m(x_mem), S_end)
             starts.append(S0)
@@ -252,7 +294,7 @@ class PlasticLM(nn.Module):
             else:
                 x1, _ = block(x1, S0)
                 x2 = x1
-        return State(starts)
+        return State.from_layers(starts)
 
     def _check_tokens(self, tokens) -> None:
         if not torch.is_tensor(tokens):
@@ -276,10 +318,18 @@ class PlasticLM(nn.Module):
         c = self.config
         if len(state.layers) != c.n_layers:
             raise ValueError(f"state has {len(state.layers)} layers, the model has n_layers={c.n_layers}")
-        want = (batch_size, c.n_heads, c.k_dim, c.v_dim)
-        for i, s in enumerate(state.layers):
-            if tuple(s.shape) != want:
-                raise ValueError(f"state layer {i} has shape {tuple(s.shape)}, expected (B, H, K, V) = {want}")
-            if not s.is_floating_point():
-                raise TypeError(f"state layer {i} must be floating point, got dtype {s.dtype}")
+        want = self.blocks[0].memory.state_shapes(batch_size)
+        kinds = sorted(k for k in want if k != "memory")
+        if sorted(state.extra) != kinds:
+            raise ValueError(f"state carries {sorted(state.extra) or 'memories only'}, this model's layers carry "
+                             f"{kinds or 'memories only'} (short_conv={c.short_conv}, "
+                             f"bias_correction={c.bias_correction})")
+        for i in range(c.n_layers):
+            for kind, s in state.layer(i).items():
+                what = "layer" if kind == "memory" else kind
+                if tuple(s.shape) != want[kind]:
+                    shape = "(B, H, K, V) = " if kind == "memory" else ""
+                    raise ValueError(f"state {what} {i} has shape {tuple(s.shape)}, expected {shape}{want[kind]}")
+                if not s.is_floating_point():
+                    raise TypeError(f"state {what} {i} must be floating point, got dtype {s.dtype}")
         return state

@@ -1,37 +1,91 @@
-"""The recurrent state: one (B, H, K, V) memory per layer, as a first-class object (DESIGN 1.5)."""
+"""The recurrent state: one (B, H, K, V) memory per layer, and what else a layer carries (DESIGN 1.5)."""
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
 
 import torch
 
 FORMAT = "plasticlm.state/1"
+EXTRA_KINDS = ("conv", "log_gate_prod")
+"""What a layer may carry beside its memory: 'conv', the last (w - 1) inputs of its short
+convolution, (B, w - 1, C); 'log_gate_prod', log prod a since the sequence began, (B, H, K), which
+the bias correction of the readout divides by (1 - prod a)."""
 
 
 @dataclass
 class State:
-    """Per-layer memories S_l of shape (B, H, K, V). Methods return new states; none works in place."""
+    """Per-layer memories S_l of shape (B, H, K, V), plus the per-layer ``extra`` tensors of
+    :data:`EXTRA_KINDS` that the model's config asks for. Every method returns a new state; none
+    works in place. A zero state is the state before any token, for every kind: an empty memory,
+    zero padding before the convolution, and prod a = 1 (log 0)."""
 
     layers: list[torch.Tensor]
+    extra: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for kind, ts in self.extra.items():
+            if kind not in EXTRA_KINDS:
+                raise ValueError(f"unknown state kind {kind!r}; known: {EXTRA_KINDS}")
+            if len(ts) != len(self.layers):
+                raise ValueError(f"state kind {kind!r} has {len(ts)} layers, the memories have {len(self.layers)}")
 
     @property
     def batch_size(self) -> int:
         return self.layers[0].shape[0]
 
+    # -- per layer ---------------------------------------------------------------------------------
+    def layer(self, i: int) -> dict[str, torch.Tensor]:
+        """Layer i's part: {'memory': S, and each extra kind}."""
+        return {"memory": self.layers[i], **{k: v[i] for k, v in self.extra.items()}}
+
+    @staticmethod
+    def from_layers(parts: Sequence[dict[str, torch.Tensor]]) -> "State":
+        kinds = [k for k in parts[0] if k != "memory"]
+        return State([p["memory"] for p in parts], {k: [p[k] for p in parts] for k in kinds})
+
+    # -- every tensor ------------------------------------------------------------------------------
+    def names(self) -> list[str]:
+        """Names of :meth:`tensors`, in order: 'layer.i', then 'KIND.i' for each extra kind (sorted)."""
+        return [f"layer.{i}" for i in range(len(self.layers))] + [
+            f"{k}.{i}" for k in sorted(self.extra) for i in range(len(self.layers))]
+
+    def tensors(self) -> list[torch.Tensor]:
+        return list(self.layers) + [t for k in sorted(self.extra) for t in self.extra[k]]
+
+    def with_tensors(self, tensors: Sequence[torch.Tensor]) -> "State":
+        """A state of this structure holding ``tensors`` (in the order of :meth:`tensors`)."""
+        n = len(self.layers)
+        tensors = list(tensors)
+        extra = {k: tensors[n * (j + 1):n * (j + 2)] for j, k in enumerate(sorted(self.extra))}
+        return State(tensors[:n], extra)
+
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "State":
+        return self.with_tensors([fn(t) for t in self.tensors()])
+
     def detach(self) -> "State":
-        return State([s.detach() for s in self.layers])
+        return self.map(torch.Tensor.detach)
 
     def clone(self) -> "State":
-        return State([s.clone() for s in self.layers])
+        return self.map(torch.Tensor.clone)
 
     def to(self, *args, **kwargs) -> "State":
-        return State([s.to(*args, **kwargs) for s in self.layers])
+        return self.map(lambda t: t.to(*args, **kwargs))
+
+    def rows(self, index: slice | Sequence[int]) -> "State":
+        """The state of some batch rows."""
+        return self.map(lambda t: t[index])
+
+    @staticmethod
+    def cat(states: Sequence["State"]) -> "State":
+        """Batch rows of several states of one structure, stacked."""
+        columns = zip(*(s.tensors() for s in states))
+        return states[0].with_tensors([torch.cat(c) for c in columns])
 
     def reset(self, rows: Sequence[int] | torch.Tensor) -> "State":
-        """Zero the memories of the given batch rows (a document boundary), keep the others.
+        """Zero the state of the given batch rows (a document boundary), keep the others.
 
         ``rows`` is a list of row indices or a (B,) boolean mask.
         """
@@ -46,16 +100,17 @@ class State:
                 raise ValueError(f"reset rows must lie in [0, {B}), got {rows.tolist()}")
             mask = torch.zeros(B, dtype=torch.bool, device=rows.device)
             mask[rows.long()] = True
-        keep = (~mask).view(B, 1, 1, 1)
-        return State([s * keep.to(s.dtype) for s in self.layers])
+        keep = ~mask
+        return self.map(lambda t: t * keep.view(B, *[1] * (t.dim() - 1)).to(t.dtype))
 
+    # -- files -------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
         """Write the state as safetensors, atomically (temporary file, fsync, rename)."""
         from safetensors.torch import save_file
 
-        meta = {"format": FORMAT, "n_layers": str(len(self.layers))}
+        meta = {"format": FORMAT, "n_layers": str(len(self.layers)), "extra": ",".join(sorted(self.extra))}
         meta.update({k: str(v) for k, v in (metadata or {}).items()})
-        tensors = {f"layer.{i}": s.detach().contiguous().cpu() for i, s in enumerate(self.layers)}
+        tensors = {n: t.detach().contiguous().cpu() for n, t in zip(self.names(), self.tensors())}
         tmp = f"{os.fspath(path)}.tmp"
         save_file(tensors, tmp, metadata=meta)
         with open(tmp, "rb") as f:
@@ -74,13 +129,18 @@ class State:
                     raise ValueError(f"{path}: not a plasticlm state file (format {meta.get('format')!r}, "
                                      f"expected {FORMAT!r})")
                 n = int(meta["n_layers"])
+                kinds = [k for k in meta.get("extra", "").split(",") if k]
+                bad = sorted(set(kinds) - set(EXTRA_KINDS))
+                if bad:
+                    raise ValueError(f"{path}: unknown state kinds {bad}; known: {EXTRA_KINDS}")
+                skeleton = State([torch.empty(0)] * n, {k: [torch.empty(0)] * n for k in kinds})
                 keys = set(f.keys())
-                want = {f"layer.{i}" for i in range(n)}
+                want = set(skeleton.names())
                 if keys != want:
                     raise ValueError(f"{path}: expected tensors {sorted(want)}, found {sorted(keys)}")
-                layers = [f.get_tensor(f"layer.{i}") for i in range(n)]
+                state = skeleton.with_tensors([f.get_tensor(name) for name in skeleton.names()])
         except (SafetensorError, json.JSONDecodeError, OSError) as e:
             if isinstance(e, FileNotFoundError):
                 raise
             raise ValueError(f"{path}: cannot read state file (truncated or corrupt?): {e}") from e
-        return State(layers), meta
+        return state, meta

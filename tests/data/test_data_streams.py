@@ -35,11 +35,12 @@ def make(kind, token_docs, bpe, rank=0, world_size=1, **over):
                                    "bucket_batches": 4, **over})
         return TraditionalStream(token_docs(0, 300), cfg, bos=BOS, eos=EOS, pad=PAD, rank=rank, world_size=world_size)
     if kind == "linked":
-        cfg = LinkedConfig(**{"seq_len": 48, "batch_size": 3, "min_tokens": 300, **over})
+        cfg = LinkedConfig(**{"seq_len": 1024, "batch_size": 3, "min_tokens": 300, "pad_multiple": 8,
+                              "bucket_batches": 2, **over})
         return LinkedStream(random_graph(), cfg, bos=BOS, eos=EOS, pad=PAD, rank=rank, world_size=world_size)
     stats = VocabStats.from_documents(bpe, token_docs(0, 1000))
-    cfg = ShuffledConfig(**{"seq_len": 128, "batch_size": 3, "min_tokens": 600, "rosetta": 20, "rosetta_top": 100,
-                            "ramp_tokens": 50, "pool": 200, **over})
+    cfg = ShuffledConfig(**{"seq_len": 2048, "batch_size": 3, "min_tokens": 600, "rosetta": 20, "rosetta_top": 100,
+                            "ramp_tokens": 50, "pool": 200, "pad_multiple": 8, "bucket_batches": 2, **over})
     return ShuffledStream(token_docs(1000, 1400), cfg, stats, rank=rank, world_size=world_size)
 
 
@@ -47,7 +48,7 @@ KINDS = ["traditional", "linked", "shuffled"]
 
 
 def equal(a, b):
-    return all(torch.equal(getattr(a, f), getattr(b, f)) for f in ("tokens", "targets", "weights", "reset"))
+    return all(torch.equal(getattr(a, f), getattr(b, f)) for f in ("tokens", "targets", "weights", "reset", "lengths"))
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -90,49 +91,49 @@ def test_traditional_two_ranks_disjoint_and_complete(token_docs, bpe):
     got = [Counter(), Counter()]
     for r in range(2):
         s = make("traditional", token_docs, bpe, rank=r, world_size=2)
-        for step in range(len(range(r, whole.n_batches, 2))):
+        for step in range(len(range(r, len(whole.epoch_plan(0)), 2))):
             b = s.next_batch()
             assert b.reset.all() and b.tokens.shape[1] <= 64
             got[r].update(x for x in batch_rows(b) if x)
     assert got[0] + got[1] == expected  # every piece of the epoch exactly once over both ranks
 
 
-def read_sequences(stream, n_batches):
-    """Rebuild whole sequences from lane windows, as a trainer carrying state per row reads them."""
-    open_, last, done = {}, {}, []
-    for _ in range(n_batches):
-        b = stream.next_batch()
-        for lane, (t, y, reset) in enumerate(zip(b.tokens, b.targets, b.reset)):
-            n = int((y != PAD).sum())
-            if reset:
-                if lane in open_:  # the previous sequence filled its last window exactly
-                    done.append(open_.pop(lane) + [last[lane]])
-                open_[lane] = []
-            open_[lane] += t[:n].tolist()
-            last[lane] = int(y[n - 1])
-            if n < len(t):  # a padded window ends its sequence
-                done.append(open_.pop(lane) + [last[lane]])
-    return done
-
-
 @pytest.mark.parametrize("kind", ["linked", "shuffled"])
-def test_lanes_two_ranks_disjoint_and_complete(kind, token_docs, bpe):
-    n_seq = len(make(kind, token_docs, bpe).walks) if kind == "linked" else 8
-    per_rank = []
+def test_whole_sequences_once_per_epoch_over_two_ranks_and_resume_mid_epoch(kind, token_docs, bpe):
+    """Each row is one whole sequence, uncut; over both ranks an epoch serves every sequence once."""
+    whole = make(kind, token_docs, bpe)
+    n_seq, n_batches = whole.n_sequences(0), len(whole.epoch_plan(0))
+    assert n_seq >= 6
+    expected = Counter(tuple(whole.sequence(0, i)[0].tolist()) for i in range(n_seq))
+    got = Counter()
     for r in range(2):
         s = make(kind, token_docs, bpe, rank=r, world_size=2)
-        seqs = read_sequences(s, 60)
-        numbers = list(range(r, 10_000, 2))[:len(seqs)]
-        # Every sequence a rank reads is whole and is global sequence r, r+2, r+4, ... (in lane order).
-        assert sorted(map(tuple, seqs)) == sorted(tuple(s.sequence(g)[0].tolist()) for g in numbers)
-        per_rank.append(set(numbers))
-    assert not per_rank[0] & per_rank[1]
-    covered = per_rank[0] | per_rank[1]
-    assert set(range(n_seq)) <= covered
-    if kind == "linked":
-        s = make(kind, token_docs, bpe)
-        roots = Counter(s.sequence_root(g) for g in range(len(s.walks)))
-        assert roots == Counter(s.graph.ids[w[0]] for w in s.walks)  # one epoch: every root once
+        mine = list(range(r, n_batches, 2))
+        batches = []
+        for j in range(len(mine)):
+            if j == len(mine) // 2:  # resume mid-epoch: a fresh stream continues bit for bit
+                fresh = make(kind, token_docs, bpe, rank=r, world_size=2)
+                fresh.load_state_dict(json.loads(json.dumps(s.state_dict())))
+                s = fresh
+            batches.append(s.next_batch())
+        for b in batches:
+            assert b.reset.all()
+            for row, n in zip(batch_rows(b), b.lengths.tolist()):
+                if n:
+                    assert len(row) == n + 1
+                    got[row] += 1
+        assert s.stats()["cut_tokens"] == 0
+        nxt = s.next_batch()  # then the next epoch starts
+        assert s.state_dict()["epoch"] == 1 and nxt.reset.all()
+    assert got == expected
+
+
+def test_sequences_longer_than_seq_len_are_cut_and_counted(token_docs, bpe):
+    s = make("linked", token_docs, bpe, seq_len=100)
+    b = s.next_batch()
+    assert b.tokens.shape[1] == 100 and (b.lengths == 100).all()
+    assert s.stats()["cut_tokens"] > 0
+    assert any("sequence cut" in r for r in s.stats()["skipped"])
 
 
 def test_traditional_grouping_reduces_padding(token_docs, bpe):
@@ -172,7 +173,7 @@ def test_linked_walk_order_and_graph_defects(caplog):
                      pad=PAD)
     # C (its only citation is itself) and D (none) read alone hold 12 tokens: too short, counted.
     assert s.skips.counts["walk shorter than min_tokens=30"] == 2 and len(s.walks) == 3
-    seq, w = s.sequence(0)
+    seq, w = s.sequence(0, 0)
     assert seq[0] == BOS and (seq == EOS).sum() >= 3 and len(seq) >= 30 and (w == 1).all()
     with pytest.raises(ValueError, match="no walk reaches min_tokens=1000 tokens \\(longest: 56 tokens from 'E'"):
         LinkedStream(g, LinkedConfig(min_tokens=1000), bos=BOS, eos=EOS, pad=PAD)
@@ -182,15 +183,18 @@ def test_linked_walk_order_and_graph_defects(caplog):
 
 def test_shuffled_sequence_weights_and_inverse(token_docs, bpe):
     s = make("shuffled", token_docs, bpe, ramp_tokens=50)
-    seq, w = s.sequence(3)
-    h = s.header_length(3)
+    seq, w = s.sequence(0, 3)
+    h = s.header_length(0, 3)
     assert seq[0] == BOS and len(seq) - 1 - h >= 600
     assert (w[:h] == 0).all() and w[h] == pytest.approx(1 / 50) and (np.diff(w[h:h + 50]) > 0).all()
     assert (w[h + 49:] == 1).all()
-    lang = s.language(3)
-    assert np.array_equal(lang.invert(seq[1 + h:]), s.original_text(3))
+    lang = s.language(0, 3)
+    assert np.array_equal(lang.invert(seq[1 + h:]), s.original_text(0, 3))
     assert np.array_equal(seq[1:1 + h], lang.rosetta(20, 100))
-    assert not np.array_equal(s.language(4).apply(s.original_text(3)), seq[1 + h:])  # a new language per sequence
+    assert not np.array_equal(s.language(0, 4).apply(s.original_text(0, 3)), seq[1 + h:])  # a new language each
+    assert not np.array_equal(s.language(1, 3).apply(s.original_text(0, 3)), seq[1 + h:])  # and each epoch
+    docs = [d for g in s.packing(0) for d in g.tolist()]
+    assert sorted(docs) == list(range(len(s.docs)))  # an epoch packs every holdout document once
     with pytest.raises(ValueError, match="fewer than min_tokens=1000000"):
         make("shuffled", token_docs, bpe, min_tokens=1_000_000)
 

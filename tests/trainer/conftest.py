@@ -8,7 +8,7 @@ import torch
 from plasticlm.trainer.config import load_config
 
 TINY = ["model.d_model=32", "model.n_layers=2", "model.n_heads=2", "model.chunk_size=16",
-        "data.seq_len=32", "data.batch_size=4", "segment_len=16", "eval_tokens=256",
+        "data.seq_len=32", "data.min_len=0", "data.batch_size=4", "segment_len=16", "eval_tokens=256",
         "optim.warmup_steps=2", "log.tensorboard=disabled", "loss.proxy_every=1000"]
 
 

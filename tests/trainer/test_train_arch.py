@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from plasticlm.trainer.loop import Trainer, train
-from plasticlm.trainer.models import register_arch
+from plasticlm import archs
 
 from .conftest import tiny_config
 
@@ -39,8 +39,8 @@ class Toy(nn.Module):
         return h @ self.embed.weight.t(), None
 
 
-register_arch("toy", f"{__name__}:ToyConfig", f"{__name__}:Toy")
-TOY = ["arch=toy", "model={vocab_size: 272, d_model: 32}", "backprop=full", "carry_state=false", "optim.lr=0.01"]
+archs.register(archs.Arch("toy", "a test model", f"{__name__}:ToyConfig", f"{__name__}:Toy", "plasticlm.lm:PiecewiseLM"))
+TOY = ["arch=toy", "model={vocab_size: 272, d_model: 32}", "backprop=full", "optim.lr=0.01"]
 
 
 def test_other_arch_trains_and_resumes_with_full_backprop(tmp_path):

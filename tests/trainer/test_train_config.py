@@ -37,7 +37,7 @@ def test_model_sizes_of_small_and_base():
             return PlasticLM(load_config(recipe).model).num_params()
 
     assert 10e6 <= params("small") < 100e6  # tens of millions
-    assert 100e6 <= params("base") < 125e6  # ~110M
+    assert 100e6 <= params("base") < 130e6  # ~110M-125M
 
 
 def test_stage_recipes_chain_init_from():
@@ -69,7 +69,7 @@ def test_stage_list_runs_each_stage_from_the_previous_ones_weights(tmp_path):
     plan = tmp_path / "plan.yaml"
     plan.write_text(json.dumps({"out_dir": str(tmp_path / "stages"), "stages": [
         {"recipe": "tiny", "overrides": {"optim.lr": 0.01}},
-        {"recipe": "tiny", "overrides": {"data.doc_len": 64}}]}))
+        {"recipe": "tiny", "overrides": {"segment_len": 8}}]}))
     cfgs = load_plan(str(plan), [*TINY, "steps=3"])
     assert cfgs[1].checkpoint.init_from == str(tmp_path / "stages" / "1-tiny")
     run_plan(cfgs[:1], progress=False)

@@ -48,19 +48,21 @@ register_stream("poisoned_bytes", _poisoned, lambda data: ByteTokenizer())
 
 
 def test_nan_batch_is_skipped_and_counted(tmp_path):
-    t = Trainer(tiny_config(tmp_path, "steps=6", "data.kind=poisoned_bytes", "data.options={bad: [3]}"), progress=False)
+    # Truncated BPTT, two windows per batch: the poisoned batch 2 is windows (steps) 3 and 4.
+    t = Trainer(tiny_config(tmp_path, "steps=6", "data.kind=poisoned_bytes", "data.options={bad: [2]}",
+                            "data.seq_len=64", "bptt=window", "window=32"), progress=False)
     for _ in range(2):
-        assert not t.train_step(t.stream.next_batch())["skipped_step"]
+        assert not t.train_step(t.next_batch())["skipped_step"]
     params = {k: v.clone() for k, v in t.model.state_dict().items()}
     moments = [s["exp_avg"].clone() for s in t.opt.state.values()]
-    rec = t.train_step(t.stream.next_batch())
+    rec = t.train_step(t.next_batch())
     assert rec["skipped_step"] and rec["skipped"] == 1 and t.skipped == 1
     assert not torch.isfinite(torch.tensor(rec["loss"]))
     for k, v in t.model.state_dict().items():
         assert torch.equal(v, params[k]), f"{k} changed on a skipped step"
     assert all(torch.equal(a, s["exp_avg"]) for a, s in zip(moments, t.opt.state.values()))
-    assert all(torch.isfinite(s).all() for s in t.state.layers)
-    rec = t.train_step(t.stream.next_batch())  # and training goes on
+    assert all(torch.isfinite(s).all() for s in t.state.tensors())
+    rec = t.train_step(t.next_batch())  # and training goes on
     assert not rec["skipped_step"] and rec["skipped"] == 1
     assert any(not torch.equal(v, params[k]) for k, v in t.model.state_dict().items())
 
@@ -78,7 +80,7 @@ def test_too_many_bad_steps_in_a_row_stop_with_the_last_checkpoint_intact(tmp_pa
     w4 = ck.read_tensors(last / "model.safetensors")
     clean = Trainer(tiny_config(tmp_path / "clean", "steps=10"), progress=False)  # same data, no poison
     for _ in range(4):
-        clean.train_step(clean.stream.next_batch())
+        clean.train_step(clean.next_batch())
     for k, v in clean.model.state_dict().items():
         assert torch.equal(v, w4[k]), k
 
@@ -121,17 +123,19 @@ register_stream("weightless_bytes", lambda data, **kw: Weightless(_byte_stream(d
 
 
 def test_weightless_batches_carry_the_state_without_a_step(tmp_path):
-    cfg = tiny_config(tmp_path, "steps=6", "data.kind=weightless_bytes", "data.options={bad: [1, 2, 3]}",
-                      "data.doc_len=128", "max_bad_steps=2")
+    # Truncated BPTT, four windows per sequence: the first batch is weightless (like a Rosetta header).
+    cfg = tiny_config(tmp_path, "steps=6", "data.kind=weightless_bytes", "data.options={bad: [1]}",
+                      "data.seq_len=128", "bptt=window", "window=32", "max_bad_steps=2")
     t = Trainer(cfg, progress=False)
     params = {k: v.clone() for k, v in t.model.state_dict().items()}
     for _ in range(3):
-        rec = t.train_step(t.stream.next_batch())
+        rec = t.train_step(t.next_batch())
         assert rec["weightless"] and rec["loss"] is None and not rec["skipped_step"]
     assert t.skipped == 0 and t.bad_in_row == 0 and not t.opt.state  # no optimizer step was taken
     assert all(torch.equal(v, params[k]) for k, v in t.model.state_dict().items())
     assert any(s.abs().sum() > 0 for s in t.state.layers)  # but the windows were read into the state
-    rec = t.train_step(t.stream.next_batch())
+    t.train_step(t.next_batch())  # the batch's last window
+    rec = t.train_step(t.next_batch())
     assert rec["loss"] is not None and not rec.get("weightless") and t.opt.state
     summary = train(tiny_config(tmp_path / "run", "steps=5", "data.kind=weightless_bytes",
                                 "data.options={bad: [1, 2, 3]}", "max_bad_steps=2"), progress=False)

@@ -53,8 +53,8 @@ def test_gates_are_the_ones_the_forward_pass_uses(monkeypatch):
     seen = []
     inputs = model_mod.Memory.inputs
 
-    def spy(self, x):
-        out = inputs(self, x)
+    def spy(self, x, S):
+        out = inputs(self, x, S)
         seen.append(out[3].detach().clone())
         return out
 

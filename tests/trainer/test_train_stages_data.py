@@ -41,7 +41,7 @@ stages:
 
 
 SMALL = ["model.vocab_size=384", "model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.chunk_size=16",
-         "data.seq_len=64", "data.batch_size=2", "segment_len=32", "steps=2", "optim.warmup_steps=1",
+         "data.seq_len=1024", "data.batch_size=2", "segment_len=64", "steps=2", "optim.warmup_steps=1",
          "log.eval_every=0", "log.tensorboard=disabled", "checkpoint.every=2", "eval_tokens=128"]
 
 

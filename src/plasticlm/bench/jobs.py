@@ -16,9 +16,10 @@ import time
 import torch
 import torch.nn.functional as F
 
+from .. import archs
 from ..trainer.chunked_ce import chunked_cross_entropy
 from ..trainer.segment import segment_backward
-from .models import TRAIN_VARIANTS, build_model, peak_tflops, train_flops_per_token
+from .models import TRAIN_VARIANTS, bench_model, peak_tflops, train_flops_per_token
 
 GiB = 2 ** 30
 
@@ -87,7 +88,7 @@ def train_job(job: dict, device: torch.device) -> dict:
     spec = TRAIN_VARIANTS[job["variant"]]
     B, T = job["B"], job["T"]
     torch.manual_seed(0)
-    model = build_model(spec["model"], job["model"], spec.get("reversible"), job.get("baseline")).to(device)
+    model = bench_model(spec["model"], job["model"], spec.get("reversible"), job.get("baseline")).to(device)
     if spec["model"] == "plasticlm" and (spec["trainer"] == "full" or spec.get("reconstruct") is False):
         model.reconstruct = False  # reversible coupling under plain autograd: activations stored
     if job.get("compile"):
@@ -169,14 +170,10 @@ def infer_job(job: dict, device: torch.device) -> dict:
     and memory shows the model's own needs: for plasticlm a constant-size state, for the
     Transformer a KV cache growing with C.
     """
-    from ..baselines import RecurrentAsLM, TransformerAsLM
-    from ..lm import PlasticLMAsLM
-
     B, C, G, piece = job["B"], job["context"], job["gen_tokens"], job["piece"]
     torch.manual_seed(0)
-    model = build_model(job["model_name"], job["model"], None, job.get("baseline")).to(device).eval()
-    lm = {"plasticlm": PlasticLMAsLM, "transformer": TransformerAsLM}.get(job["model_name"], RecurrentAsLM)(
-        model, piece=piece)
+    model = bench_model(job["model_name"], job["model"], None, job.get("baseline")).to(device).eval()
+    lm = archs.as_lm(model, piece=piece)
     gen = torch.Generator().manual_seed(0)
     V = model.config.vocab_size
     with torch.no_grad(), _autocast(device, job["dtype"]):
@@ -207,7 +204,7 @@ def paths_job(job: dict, device: torch.device) -> dict:
     from ..ops import gated_average
 
     torch.manual_seed(0)
-    model = build_model("plasticlm", {**job["model"], "mode": job["mode"]}).to(device)
+    model = bench_model("plasticlm", {**job["model"], "mode": job["mode"]}).to(device)
     model.reconstruct = False
     c = model.config
     B, T = job["B"], job["T"]

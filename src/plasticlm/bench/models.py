@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from .. import archs
 from ..config import ModelConfig
-from ..model import PlasticLM
 
 # Training variants: model/trainer. "segment" is plasticlm's exact constant-memory BPTT
 # (boundary states on the device or in host memory); "full" is one autograd graph over the
@@ -26,18 +26,14 @@ TRAIN_VARIANTS = {
 INFER_MODELS = ("plasticlm", "transformer", "gla", "mamba2")
 
 
-def build_model(name: str, model: dict, reversible: bool | None = None, baseline: dict | None = None):
-    """``name`` in INFER_MODELS; ``model`` holds PlasticLM config fields, which baselines match in size."""
-    from ..baselines import build_baseline
-
+def bench_model(name: str, model: dict, reversible: bool | None = None, baseline: dict | None = None):
+    """Arch ``name`` (one of INFER_MODELS); ``model`` holds PlasticLM config fields, which baselines
+    match in parameter count (``baseline[name]``: their own overrides)."""
     fields = dict(model)
     if reversible is not None:
         fields["reversible"] = reversible
     cfg = ModelConfig(**fields)
-    if name == "plasticlm":
-        return PlasticLM(cfg)
-    overrides = dict((baseline or {}).get(name, {}))
-    return build_baseline(name, cfg, **overrides)
+    return archs.build(name, archs.sized_like(name, cfg, **dict((baseline or {}).get(name, {}))))
 
 
 def matmul_params(model) -> int:

@@ -40,8 +40,8 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def load_lm(checkpoint: str, device: str, tokenizer_path: str | None = None, seed: int = 0,
-            online: list[str] | None = None):
+def open_checkpoint(checkpoint: str, device: str, tokenizer_path: str | None = None, seed: int = 0,
+                    online: list[str] | None = None):
     """(LM, tokenizer, checkpoint info, untrained factory) for a checkpoint directory of any kind
     (plasticlm, a baseline trained by `plasticlm train`, or an AUNN)."""
     import copy
@@ -49,18 +49,16 @@ def load_lm(checkpoint: str, device: str, tokenizer_path: str | None = None, see
     import torch
 
     from ..eval.common import check_vocab
-    from ..lm import load_lm as load_any
+    from ..checkpoint import load_lm as load_any
     from ..tokenizer import load_tokenizer
 
     options = {}
     if online:
-        import yaml
-
         from ..aunn.config import OnlineConfig
-        from ..trainer.config import from_dict
+        from ..settings import from_dict, parse_override
 
-        pairs = dict(_pair(x) for x in online)
-        options["online"] = from_dict(OnlineConfig, {k: yaml.safe_load(v) for k, v in pairs.items()}, "online")
+        pairs = dict(parse_override(x, "steps=2") for x in online)
+        options["online"] = from_dict(OnlineConfig, pairs, "online")
     lm, tok, meta = load_any(checkpoint, device, **options)
     if tokenizer_path:
         tok = load_tokenizer(tokenizer_path)
@@ -82,13 +80,6 @@ def load_lm(checkpoint: str, device: str, tokenizer_path: str | None = None, see
     return lm, tok, info, untrained
 
 
-def _pair(item: str) -> tuple[str, str]:
-    if "=" not in item:
-        raise ValueError(f"--online {item!r} must look like key=value (e.g. steps=2)")
-    k, v = item.split("=", 1)
-    return k.strip(), v
-
-
 def run(args) -> int:
     from pathlib import Path
 
@@ -103,7 +94,7 @@ def run(args) -> int:
     for s in suites:  # reject bad settings before loading anything
         make_config(s, args.preset, args.overrides)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    lm, tok, info, untrained = load_lm(args.checkpoint, device, args.tokenizer, args.seed, args.online)
+    lm, tok, info, untrained = open_checkpoint(args.checkpoint, device, args.tokenizer, args.seed, args.online)
     out = Path(args.out) if args.out else Path(args.checkpoint) / "eval"
     ctx = Context(lm=lm, tokenizer=tok, seed=args.seed, out_dir=out, progress=not args.no_progress,
                   untrained=None if args.no_controls else untrained)

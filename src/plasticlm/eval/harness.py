@@ -142,9 +142,9 @@ def harness_lm(model: Any, device: str = "cpu", batch_size: int = 1, tokenizer=N
         if tokenizer is None:
             raise ValueError("harness_lm(lm) needs the LM's tokenizer: harness_lm(lm, tokenizer=tok)")
         return cls(model, tokenizer, batch_size)
-    from ..commands.eval import load_lm
+    from ..checkpoint import load_lm
 
-    lm, tok, _, _ = load_lm(str(model), device)
+    lm, tok, _ = load_lm(model, device)
     return cls(lm, tok, batch_size)
 
 

@@ -9,15 +9,15 @@ final weights (:func:`load_plan`).
 from __future__ import annotations
 
 import dataclasses
-import math
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from .. import archs
 from ..config import ModelConfig
+from ..settings import apply_overrides, from_dict as _from_dict, parse_override
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -25,18 +25,19 @@ RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 @dataclass
 class DataConfig:
     kind: str = "bytes"
-    """Stream kind, looked up in ``plasticlm.trainer.streams`` ('bytes': contiguous windows of
-    long sequences of UTF-8 bytes; 'traditional', 'linked', 'shuffled': the pretraining tasks)."""
+    """Stream kind, looked up in ``plasticlm.trainer.streams`` ('bytes': whole sequences of UTF-8
+    bytes; 'traditional', 'linked', 'shuffled': the pretraining tasks; tasks registered there)."""
     source: str = "builtin"
     """'builtin' (the embedded standard-library docstring corpus), a UTF-8 text file, or for the
     pretraining tasks a directory written by ``plasticlm prepare``."""
     seq_len: int = 256
-    """T: tokens per row of a batch (cut into segments of ``segment_len`` for backpropagation)."""
+    """T: the longest sequence. Each row of a batch is one whole sequence of at most T tokens
+    (a stream cuts a longer one there, and counts it)."""
+    min_len: int = 0
+    """'bytes' stream: each batch's sequences are all of one length, drawn uniformly in
+    [min_len, seq_len]; 0 means seq_len."""
     batch_size: int = 16
-    """B: rows per optimizer step, over all ranks (each rank reads batch_size / world_size)."""
-    doc_len: int = 0
-    """'bytes' stream: tokens in one long sequence, read in windows of seq_len with the recurrent
-    state carried from window to window; 0 means seq_len (every row starts afresh each step)."""
+    """B: sequences per batch, over all ranks (each rank reads batch_size / world_size)."""
     valid_fraction: float = 0.02
     """'bytes' stream: share of the text, taken from its end, held out for validation."""
     options: dict = field(default_factory=dict)
@@ -120,7 +121,7 @@ class TrainConfig:
     model: Any = field(default_factory=ModelConfig)
     """The architecture's config (ModelConfig for 'plasticlm')."""
     arch: str = "plasticlm"
-    """'plasticlm', or a baseline registered in plasticlm.trainer.models (e.g. 'transformer')."""
+    """An architecture registered in plasticlm.archs: 'plasticlm', 'transformer', 'gla', 'mamba2'."""
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -134,8 +135,16 @@ class TrainConfig:
     backprop: str = "segment"
     """'segment' (exact constant-memory segment BPTT, PlasticLM) or 'full' (plain autograd over
     the whole batch; any model, e.g. the Transformer baseline)."""
-    carry_state: bool = True
-    """Carry each row's recurrent state into its next window (reset where a sequence starts)."""
+    bptt: str = "whole"
+    """'whole': one optimizer step per batch of whole sequences, backpropagated through exactly.
+    'window': truncated BPTT, as recipes did before: each batch is cut into windows of ``window``
+    tokens, one optimizer step per window, the recurrent state carried detached from one window
+    to the next (gradients stop at window edges)."""
+    window: int = 256
+    """bptt='window': tokens per row per optimizer step."""
+    storage: str = "auto"
+    """Where segment BPTT keeps boundary states: 'device', 'host' (CPU memory), or 'auto' (the
+    device, unless they would take more than a quarter of its free memory)."""
     precision: str = "auto"
     """'auto' (bf16 autocast on CUDA, fp32 on CPU), 'fp32' or 'bf16'."""
     compile: bool = False
@@ -151,15 +160,18 @@ class TrainConfig:
     """Validation tokens scored at each evaluation."""
 
     def __post_init__(self) -> None:
+        arch = archs.get(self.arch)
+        if arch.trained_by != "plasticlm train":
+            raise ValueError(f"arch {self.arch!r} is trained by `{arch.trained_by}`, not by this trainer")
         if isinstance(self.model, dict):
-            from .models import model_config
-
-            self.model = model_config(self.arch, self.model)
-        for name in ("steps", "segment_len", "eval_tokens", "max_bad_steps"):
+            self.model = archs.make_config(self.arch, self.model)
+        for name in ("steps", "segment_len", "eval_tokens", "max_bad_steps", "window"):
             _positive(f"TrainConfig.{name}", getattr(self, name))
         for name in ("seq_len", "batch_size"):
             _positive(f"data.{name}", getattr(self.data, name))
         _choice("backprop", self.backprop, ("segment", "full"))
+        _choice("bptt", self.bptt, ("whole", "window"))
+        _choice("storage", self.storage, ("auto", "device", "host"))
         _choice("precision", self.precision, ("auto", "fp32", "bf16"))
         _choice("optim.schedule", self.optim.schedule, ("cosine", "wsd"))
         _choice("loss.ramp", self.loss.ramp, ("linear", "cosine"))
@@ -167,8 +179,9 @@ class TrainConfig:
         _choice("dist.backend", self.dist.backend, ("auto", "gloo", "nccl"))
         if not 0 < self.data.valid_fraction < 1:
             raise ValueError(f"data.valid_fraction must lie in (0, 1), got {self.data.valid_fraction}")
-        if self.data.doc_len < 0 or (self.data.doc_len and self.data.doc_len < self.data.seq_len):
-            raise ValueError(f"data.doc_len must be 0 or >= data.seq_len={self.data.seq_len}, got {self.data.doc_len}")
+        if not 0 <= self.data.min_len <= self.data.seq_len:
+            raise ValueError(f"data.min_len must lie in [0, data.seq_len={self.data.seq_len}], got {self.data.min_len} "
+                             "(lower it with the sequence length; 0 means seq_len)")
         if not 0 <= self.optim.warmup_steps or not 0 < self.optim.decay_fraction <= 1:
             raise ValueError("optim.warmup_steps must be >= 0 and optim.decay_fraction in (0, 1]")
         if self.checkpoint.keep < 1 or self.checkpoint.every < 0:
@@ -185,7 +198,7 @@ class TrainConfig:
         if lc.proxy_weight < 0 or lc.ramp_tokens < 0 or lc.proxy_probe < 1 or lc.proxy_every < 1:
             raise ValueError("loss.proxy_weight and loss.ramp_tokens must be >= 0, loss.proxy_probe and "
                              "loss.proxy_every >= 1")
-        if self.backprop == "segment" and self.arch != "plasticlm":
+        if self.backprop == "segment" and not arch.segment:
             raise ValueError(f"backprop='segment' needs the plasticlm architecture; use backprop=full for "
                              f"arch={self.arch!r}")
 
@@ -200,44 +213,10 @@ def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
 
 
-def _check_type(value: Any, tp: Any, where: str) -> Any:
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if tp is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
-        try:
-            value = float(value)
-        except ValueError:
-            pass
-    ok = {int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-          float: lambda v: isinstance(v, float) and math.isfinite(v),
-          bool: lambda v: isinstance(v, bool), str: lambda v: isinstance(v, str),
-          list: lambda v: isinstance(v, list), dict: lambda v: isinstance(v, dict)}.get(tp)
-    if ok is not None and not ok(value):
-        raise ValueError(f"{where} must be of type {tp.__name__}, got {value!r} ({type(value).__name__})")
-    return value
-
-
 def from_dict(cls, data: dict[str, Any], where: str = ""):
-    """Build dataclass ``cls`` from nested dicts, rejecting unknown keys and mistyped values."""
-    if not isinstance(data, dict):
-        raise ValueError(f"{where or cls.__name__} must be a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in data.items():
-        name = f"{where}.{key}" if where else str(key)
-        if key not in fields:
-            raise ValueError(f"unknown config key {name!r}; valid keys here: {sorted(fields)}")
-        tp = hints[key]
-        if cls is TrainConfig and key == "model":
-            from .models import model_config
-
-            kwargs[key] = model_config(data.get("arch", "plasticlm"), value, where=name)
-        elif dataclasses.is_dataclass(tp):
-            kwargs[key] = from_dict(tp, value, name)
-        else:
-            kwargs[key] = _check_type(value, typing.get_origin(tp) or tp, name)
-    return cls(**kwargs)
+    """Build dataclass ``cls`` (a TrainConfig or a section of one) from nested mappings."""
+    nested = {"model": lambda value, d, name: archs.make_config(d.get("arch", "plasticlm"), value, name)}
+    return _from_dict(cls, data, where, nested if cls is TrainConfig else None)
 
 
 def to_dict(cfg) -> dict[str, Any]:
@@ -271,27 +250,6 @@ def read_recipe(recipe: str) -> tuple[Path, dict[str, Any]]:
     return path, data
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str] | dict[str, Any]) -> dict[str, Any]:
-    """Set ``section.key=value`` items (values parsed as YAML scalars) in nested ``data``."""
-    items = overrides.items() if isinstance(overrides, dict) else [_split(o) for o in overrides]
-    for key, value in items:
-        node = data
-        *parents, leaf = str(key).strip().split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"override {key!r}: {part!r} is not a section")
-        node[leaf] = value
-    return data
-
-
-def _split(item: str) -> tuple[str, Any]:
-    if "=" not in item:
-        raise ValueError(f"override {item!r} must look like key=value (e.g. optim.lr=1e-3)")
-    key, raw = item.split("=", 1)
-    return key, yaml.safe_load(raw)
-
-
 def load_config(recipe: str = "tiny", overrides: list[str] = ()) -> TrainConfig:
     """Read a single-stage recipe and apply ``section.key=value`` overrides."""
     path, data = read_recipe(recipe)
@@ -320,7 +278,7 @@ def load_plan(recipe: str = "tiny", overrides: list[str] = ()) -> list[TrainConf
     stages = data["stages"]
     if not isinstance(stages, list) or not stages:
         raise ValueError(f"{path}: 'stages' must be a non-empty list of {{recipe: NAME, overrides: {{...}}}}")
-    pairs = [_split(o) for o in overrides]
+    pairs = [parse_override(o) for o in overrides]
     root = Path(data.get("out_dir", f"runs/{path.stem}"))
     for key, value in pairs:
         if key.strip() == "out_dir":  # for a stage list, out_dir is the root of the stages' dirs

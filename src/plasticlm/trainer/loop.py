@@ -1,11 +1,14 @@
-"""The training loop: one optimizer step per batch of the stream, resumable to the bit.
+"""The training loop: one optimizer step per batch of whole sequences, resumable to the bit.
 
-Each step: reset the carried recurrent state of rows that start a new sequence, backpropagate
-the weighted loss (exact segment BPTT, or plain autograd with ``backprop: full``), add the
-gradient-length proxy, average gradients over ranks, clip, and step AdamW unless the loss or
-the gradient norm is not finite (then the step is skipped on every rank and counted).
-Everything the next step depends on (weights, optimizer, step, RNG, data cursor, carried
-state) goes into the checkpoint, so a resumed run repeats the uninterrupted one exactly.
+Each step (``bptt: whole``, the default) takes B whole sequences from the stream and
+backpropagates the weighted loss through each of them exactly (segment BPTT, or plain autograd
+with ``backprop: full``), adds the gradient-length proxy, averages gradients over ranks, clips,
+and steps AdamW unless the loss or the gradient norm is not finite (then the step is skipped on
+every rank and counted). ``bptt: window`` is truncated BPTT instead: each batch is cut into
+windows, one optimizer step per window, the recurrent state carried detached between them.
+Everything the next step depends on (weights, optimizer, step, RNG, data cursor, the window in
+progress and its carried state) goes into the checkpoint, so a resumed run repeats the
+uninterrupted one exactly.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from .. import archs
 from ..checkpoint import WEIGHTS, save_weights
 from ..data.stream import Batch
 from ..state import State
@@ -28,7 +32,6 @@ from .config import TrainConfig, to_dict
 from .distributed import Dist, shard_fsdp
 from .losses import band_edges, proxy_penalty, ramp_weights, retention_mass
 from .metrics import RunLogger, read_metrics
-from .models import build_model
 from .segment import segment_backward, segment_loss
 from .streams import build_stream, stream_tokenizer
 
@@ -88,7 +91,7 @@ class Trainer:
         if cfg.model.vocab_size != self.tokenizer.vocab_size:
             raise ValueError(f"model.vocab_size={cfg.model.vocab_size} does not match the tokenizer of data.kind="
                              f"{cfg.data.kind!r} ({self.tokenizer.vocab_size} tokens)")
-        model = build_model(cfg.arch, cfg.model)
+        model = archs.build(cfg.arch, cfg.model)
         if cfg.checkpoint.init_from:
             missing = model.load_state_dict(ck.load_weights(cfg.checkpoint.init_from), strict=False)
             if missing.missing_keys or missing.unexpected_keys:
@@ -110,12 +113,15 @@ class Trainer:
         self.autocast = (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
         self.out = Path(cfg.out_dir)
         self.ckpt_root = self.out / "checkpoints"
-        horizon = cfg.loss.proxy_horizon or cfg.data.doc_len or cfg.data.seq_len
+        horizon = cfg.loss.proxy_horizon or cfg.data.seq_len
         self.edges = band_edges(horizon, cfg.loss.proxy_bands)
         # What a checkpoint restores:
         self.step = self.tokens = self.skipped = self.bad_in_row = 0
-        self.state: State | None = None  # carried recurrent state, one row per batch row
+        self.state: State | None = None  # bptt=window: the state carried into the next window
         self.positions: torch.Tensor | None = None  # (B,) tokens each row has read of its sequence
+        self.pending: Batch | None = None  # bptt=window: the batch whose windows are being trained on
+        self.pending_cursor: dict | None = None  # the stream's state before it (to rebuild it on resume)
+        self.pending_pos = 0  # where its next window starts
         self.stop_requested = False
         self.resumed_from = None
         latest = ck.latest_checkpoint(self.ckpt_root)
@@ -128,19 +134,42 @@ class Trainer:
 
     # -- one step ---------------------------------------------------------------------------------
 
+    def next_batch(self) -> Batch:
+        """What the next optimizer step trains on: the stream's next batch of whole sequences or,
+        with bptt=window, the next window of one."""
+        if self.cfg.bptt == "whole":
+            return self.stream.next_batch()
+        if self.pending is None:
+            self.pending_cursor = self.stream.state_dict()
+            self.pending, self.pending_pos = self.stream.next_batch(), 0
+        b, a = self.pending, self.pending_pos
+        width = int(b.row_lengths().max())  # windows past every row's end would only read padding
+        end = min(a + self.cfg.window, width)
+        self.pending_pos = end
+        if end >= width:
+            self.pending = None
+        return b.window(a, end)
+
     def _start_state(self, batch: Batch):
         B, T = batch.tokens.shape
-        if self.positions is None:
+        if self.positions is None or self.positions.shape[0] != B:
             self.positions = torch.zeros(B, dtype=torch.long, device=self.device)
         self.positions = torch.where(batch.reset, torch.zeros_like(self.positions), self.positions)
-        if not self.cfg.carry_state:
-            return None
-        if self.state is None:
+        if self.cfg.bptt == "whole":
+            return None  # every row is a whole sequence: the model starts from its empty state
+        if self.state is None or self.state.batch_size != B:
             self.state = self.model.init_state(B)
             if not hasattr(self.state, "reset"):
                 raise ValueError(f"arch {self.cfg.arch!r} keeps a state without per-row reset "
-                                 f"({type(self.state).__name__}); train it with carry_state=false")
+                                 f"({type(self.state).__name__}): train it with bptt=whole")
         return self.state.reset(batch.reset)
+
+    def _storage(self, B: int, T: int) -> str:
+        if self.cfg.storage != "auto" or self.device.type != "cuda":
+            return "device" if self.cfg.storage == "auto" else self.cfg.storage
+        per_boundary = sum(s.numel() * s.element_size() for s in self.model.init_state(B).tensors())
+        need = per_boundary * -(-T // self.cfg.segment_len)
+        return "host" if need > torch.cuda.mem_get_info(self.device)[0] / 4 else "device"
 
     def train_step(self, batch: Batch) -> dict:
         cfg, model = self.cfg, self.model
@@ -169,7 +198,7 @@ class Trainer:
                     loss, new_state = torch.zeros((), device=self.device), model(batch.tokens, state)[1]
             elif cfg.backprop == "segment":
                 loss, new_state = segment_backward(model, batch.tokens, batch.targets, cfg.segment_len, weights,
-                                                   state, return_state=True)
+                                                   state, return_state=True, storage=self._storage(B, T))
             else:
                 logits, new_state = model(batch.tokens, state)
                 loss = segment_loss(logits, batch.targets, weights, weights.sum())
@@ -192,12 +221,16 @@ class Trainer:
             self.skipped += 1
             self.bad_in_row += 1
         self.opt.zero_grad(set_to_none=True)
-        if new_state is not None and cfg.carry_state:
+        if new_state is not None and cfg.bptt == "window":
             self.state = self._finite_rows(new_state.detach())
         self.positions = self.positions + T
         self.step += 1
-        self.tokens += B * T * self.dist.world_size
-        record.update(step=self.step, loss=loss, grad_norm=gnorm, lr=lr, tokens=self.tokens,
+        lengths = batch.row_lengths()
+        real = int(lengths.sum())
+        (real,) = self.dist.sum(real, device=self.device)
+        self.tokens += int(real)
+        record.update(step=self.step, loss=loss, grad_norm=gnorm, lr=lr, tokens=self.tokens, step_tokens=int(real),
+                      positions=B * T * self.dist.world_size, seq_min=int(lengths.min()), seq_max=int(lengths.max()),
                       skipped=self.skipped, skipped_step=not finite)
         if weightless:
             record["weightless"] = True
@@ -231,7 +264,7 @@ class Trainer:
     @staticmethod
     def _finite_rows(state: State) -> State:
         bad = torch.zeros(state.batch_size, dtype=torch.bool, device=state.layers[0].device)
-        for s in state.layers:
+        for s in state.tensors():
             bad |= ~torch.isfinite(s).flatten(1).all(dim=1)
         return state.reset(bad) if bad.any() else state
 
@@ -239,17 +272,17 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> float:
-        """Weighted mean next-token loss (nats) over eval_tokens of the validation stream, every
-        row read window by window with its state carried, as in training."""
+        """Weighted mean next-token loss (nats) of the validation stream's whole sequences, at least
+        eval_tokens of them. Segment-trained models read each batch in pieces of segment_len with
+        the state carried (memory of one piece, the same loss); others in one forward."""
         cfg, model = self.cfg, self.model
         stream = build_stream(cfg.data, split="valid", rank=self.dist.rank, world_size=self.dist.world_size,
                               seed=cfg.seed)
-        per_batch = cfg.data.batch_size * cfg.data.seq_len
-        n = max(1, math.ceil(cfg.eval_tokens / per_batch))
+        piece = cfg.segment_len if cfg.backprop == "segment" else None
         was_training = model.training
         model.eval()
         total = weight = 0.0
-        state = None
+        n = max(1, math.ceil(cfg.eval_tokens / (cfg.data.batch_size * cfg.data.seq_len)))
         # Read n batches, and on while fewer than half the asked tokens carried loss weight (a
         # stream may open with unweighted stretches such as a Rosetta header). The weight is
         # summed over ranks each time, so every rank reads the same number of batches.
@@ -257,16 +290,16 @@ class Trainer:
             if i >= n and self.dist.sum(weight, device=self.device)[0] >= cfg.eval_tokens / 2:
                 break
             b = stream.next_batch().to(self.device)
-            if cfg.carry_state:
-                state = model.init_state(b.tokens.shape[0]) if state is None else state.reset(b.reset)
-            with self.autocast():
-                logits, state = model(b.tokens, state)
-            ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), b.targets.flatten(), reduction="none")
-            w = b.weights.flatten().float()
-            total += float((ce * w).sum())
-            weight += float(w.sum())
-            if not cfg.carry_state:
-                state = None
+            T = b.tokens.shape[1]
+            state = None
+            for a in range(0, T, piece or T):
+                with self.autocast():
+                    logits, state = model(b.tokens[:, a:a + (piece or T)], state)
+                ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), b.targets[:, a:a + (piece or T)]
+                                                       .flatten(), reduction="none")
+                w = b.weights[:, a:a + (piece or T)].flatten().float()
+                total += float((ce * w).sum())
+                weight += float(w.sum())
         model.train(was_training)
         if self.fsdp:  # FSDP2 leaves the root unsharded after a forward without backward
             model.reshard()
@@ -296,7 +329,8 @@ class Trainer:
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         ck.write_state(tmp, f"rank{d.rank}", {
             "rng": rng, "stream": self.stream.state_dict(), "positions": self.positions,
-            "state": None if self.state is None else self.state.layers})
+            "window": None if self.pending is None else {"cursor": self.pending_cursor, "pos": self.pending_pos},
+            "state": None if self.state is None else self.state.tensors()})
         model_sd, optim_sd = self._full_state_dicts()  # collective under FSDP
         d.barrier()
         path = self.ckpt_root / f"step_{self.step:08d}"
@@ -331,8 +365,16 @@ class Trainer:
         if "cuda" in mine["rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state(mine["rng"]["cuda"], self.device)
         self.stream.load_state_dict(mine["stream"])
+        if mine.get("window") is not None:  # rebuild the batch whose windows were in progress
+            self.stream.load_state_dict(mine["window"]["cursor"])
+            self.pending_cursor, self.pending = mine["window"]["cursor"], self.stream.next_batch()
+            self.pending_pos = mine["window"]["pos"]
         self.positions = None if mine["positions"] is None else mine["positions"].to(self.device)
-        self.state = None if mine["state"] is None else State([s.to(self.device) for s in mine["state"]])
+        if mine["state"] is not None:
+            carried = [s.to(self.device) for s in mine["state"]]
+            self.state = self.model.init_state(carried[0].shape[0]).with_tensors(carried)
+        else:
+            self.state = None
         self.step, self.tokens = meta["step"], meta["tokens"]
         self.skipped, self.bad_in_row = meta["skipped"], meta["bad_in_row"]
 
@@ -351,7 +393,7 @@ class Trainer:
         t0, start_tokens, saved_at, valid, eval_seconds = time.perf_counter(), self.tokens, None, None, 0.0
         try:
             while self.step < cfg.steps:
-                rec = self.train_step(self.stream.next_batch())
+                rec = self.train_step(self.next_batch())
                 rec["tok_s"] = tps = (self.tokens - start_tokens) / (time.perf_counter() - t0 - eval_seconds)
                 if self.step == cfg.steps or (cfg.log.eval_every and self.step % cfg.log.eval_every == 0):
                     e0 = time.perf_counter()
@@ -362,7 +404,9 @@ class Trainer:
                               f"skipped ({self.skipped} so far)")
                 if self.step % cfg.log.every == 0 or rec["skipped_step"] or "valid_loss" in rec:
                     log.log(rec)
-                log.progress(1, loss="-" if rec["loss"] is None else f"{rec['loss']:.3f}", tok_s=f"{tps:,.0f}")
+                lens = f"{rec['seq_min']}" if rec["seq_min"] == rec["seq_max"] else f"{rec['seq_min']}-{rec['seq_max']}"
+                log.progress(1, loss="-" if rec["loss"] is None else f"{rec['loss']:.3f}", tok_s=f"{tps:,.0f}",
+                             len=lens)
                 self._check_bad_steps(rec)
                 if "valid_loss" in rec and self.on_eval is not None:
                     self.on_eval(self.step, valid)  # may raise, e.g. to prune a tuning trial

@@ -80,7 +80,7 @@ def segment_backward(model, tokens, targets, segment_len: int, weights=None, sta
     B, T = tokens.shape
     bounds = [(s, min(s + segment_len, T)) for s in range(0, T, segment_len)]
     start = model.init_state(B) if state is None else model._check_state(state, B)
-    init_grad = state is not None and any(s.requires_grad for s in state.layers)
+    init_grad = state is not None and any(s.requires_grad for s in state.tensors())
     device = start.layers[0].device
 
     def keep(i):
@@ -90,7 +90,7 @@ def segment_backward(model, tokens, targets, segment_len: int, weights=None, sta
         if storage == "device":
             return S
         pin = device.type == "cuda"
-        return State([s.to("cpu", non_blocking=pin).pin_memory() if pin else s.clone() for s in S.layers])
+        return S.map(lambda s: s.to("cpu", non_blocking=pin).pin_memory() if pin else s.clone())
 
     # Forward sweep: no graph, only boundary states.
     boundary: list[State | None] = [None] * len(bounds)
@@ -114,7 +114,7 @@ def segment_backward(model, tokens, targets, segment_len: int, weights=None, sta
         else:
             S_in = model.rewind(tokens[:, a:b], S_end)
         need = i > 0 or init_grad
-        S_in_g = State([s.detach().requires_grad_(need) for s in S_in.layers])
+        S_in_g = S_in.map(lambda s: s.detach().requires_grad_(need))
         if fused_loss:
             h, S_out = model.hidden(tokens[:, a:b], S_in_g, check=False)
             seg = chunked_cross_entropy(h, model.embed.weight, targets[:, a:b], weights[:, a:b], total)
@@ -123,14 +123,14 @@ def segment_backward(model, tokens, targets, segment_len: int, weights=None, sta
             seg = segment_loss(logits, targets[:, a:b], weights[:, a:b], total)
         outs, grads = [seg], [None]
         if d_state is not None:
-            outs += S_out.layers
+            outs += S_out.tensors()
             grads += d_state
         torch.autograd.backward(outs, grads)
         loss = loss + seg.detach()
-        d_state = [torch.zeros_like(s) if s.grad is None else s.grad for s in S_in_g.layers] if need else None
+        d_state = [torch.zeros_like(s) if s.grad is None else s.grad for s in S_in_g.tensors()] if need else None
         S_end = S_in
     if init_grad:
-        for s, g in zip(state.layers, d_state):
+        for s, g in zip(state.tensors(), d_state):
             if s.requires_grad:
                 s.grad = g if s.grad is None else s.grad + g
     return (loss, final.detach()) if return_state else loss

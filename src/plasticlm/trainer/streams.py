@@ -5,9 +5,9 @@ is registered with :func:`register_stream` as ``build(data: DataConfig, *, split
 world_size, seed) -> Stream`` and ``tokenizer(data) -> Tokenizer``; the pretraining tasks
 ('traditional', 'linked', 'shuffled') plug in the same way.
 
-:class:`ByteStream` ('bytes') reads UTF-8 bytes of a text: each row follows one long sequence
-of ``doc_len`` tokens (a random span of the text), one window of ``seq_len`` tokens per batch,
-so the recurrent state is carried across steps and reset only where a new sequence starts.
+:class:`ByteStream` ('bytes') reads UTF-8 bytes of a text: a batch holds ``batch_size`` whole
+sequences, random spans of the text, all of one length drawn uniformly in [``min_len``,
+``seq_len``] for that batch (so there is no padding).
 """
 from __future__ import annotations
 
@@ -89,58 +89,42 @@ def byte_ids(source: str) -> torch.Tensor:
 
 
 class ByteStream:
-    """Rows that each read one long sequence window by window; see the module docstring."""
+    """Batches of whole byte sequences (see the module docstring)."""
 
-    def __init__(self, ids: torch.Tensor, batch_size: int, seq_len: int, doc_len: int, seed: int,
-                 rank: int = 0, pad: int = 256):
-        self.ids, self.B, self.T, self.D, self.pad = ids, batch_size, seq_len, doc_len or seq_len, pad
-        if len(ids) < self.D + 1:
-            raise ValueError(f"the text holds {len(ids)} tokens, fewer than one sequence of doc_len + 1 = {self.D + 1}")
+    def __init__(self, ids: torch.Tensor, batch_size: int, seq_len: int, min_len: int, seed: int, rank: int = 0):
+        self.ids, self.B, self.T, self.min_len = ids, batch_size, seq_len, min_len or seq_len
+        if len(ids) < self.T + 1:
+            raise ValueError(f"the text holds {len(ids)} tokens, fewer than one sequence of seq_len + 1 = {self.T + 1}")
         self.rng = np.random.default_rng([seed, rank])  # ranks draw disjoint random streams
-        self.start = [0] * self.B
-        self.pos = [self.D] * self.B  # every row starts by drawing a sequence
 
     def next_batch(self) -> Batch:
-        B, T = self.B, self.T
-        tokens = torch.full((B, T), self.pad, dtype=torch.long)
-        targets = torch.full((B, T), self.pad, dtype=torch.long)
-        weights = torch.zeros(B, T)
-        reset = torch.zeros(B, dtype=torch.bool)
-        for r in range(B):
-            if self.pos[r] >= self.D:
-                self.start[r] = int(self.rng.integers(0, len(self.ids) - self.D))
-                self.pos[r] = 0
-                reset[r] = True
-            a = self.start[r] + self.pos[r]
-            n = min(T, self.D - self.pos[r])  # the last window of a sequence may be short
-            tokens[r, :n] = self.ids[a:a + n]
-            targets[r, :n] = self.ids[a + 1:a + n + 1]
-            weights[r, :n] = 1.0
-            self.pos[r] += n
-        return Batch(tokens, targets, weights, reset)
+        L = int(self.rng.integers(self.min_len, self.T + 1))
+        starts = torch.from_numpy(self.rng.integers(0, len(self.ids) - L, self.B))
+        seq = self.ids[starts[:, None] + torch.arange(L + 1)]  # (B, L + 1)
+        return Batch(seq[:, :-1], seq[:, 1:], torch.ones(self.B, L), torch.ones(self.B, dtype=torch.bool),
+                     torch.full((self.B,), L))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"kind": "bytes", "rng": self.rng.bit_generator.state, "start": list(self.start), "pos": list(self.pos)}
+        return {"kind": "bytes", "rng": self.rng.bit_generator.state, "rows": self.B}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("kind") != "bytes" or len(state["start"]) != self.B:
-            raise ValueError(f"stream state is for kind {state.get('kind')!r} with {len(state.get('start', []))} rows, "
+        if state.get("kind") != "bytes" or state.get("rows") != self.B:
+            raise ValueError(f"stream state is for kind {state.get('kind')!r} with {state.get('rows')} rows, "
                              f"this is a bytes stream with {self.B} rows")
         self.rng.bit_generator.state = state["rng"]
-        self.start, self.pos = list(state["start"]), list(state["pos"])
 
 
 def _byte_stream(data: DataConfig, *, split: str, rank: int, world_size: int, seed: int) -> ByteStream:
     ids = byte_ids(data.source)
-    n_valid = max((data.doc_len or data.seq_len) + 1, int(len(ids) * data.valid_fraction))
+    n_valid = max(data.seq_len + 1, int(len(ids) * data.valid_fraction))
     if len(ids) < 2 * n_valid:
-        raise ValueError(f"data.source holds {len(ids)} tokens: too few for sequences of {n_valid} tokens "
+        raise ValueError(f"data.source holds {len(ids)} tokens: too few for sequences of {data.seq_len} tokens "
                          "plus a validation split")
     if split not in ("train", "valid"):
         raise ValueError(f"bytes stream: split must be 'train' or 'valid', got {split!r}")
     part = ids[:-n_valid] if split == "train" else ids[-n_valid:]
-    doc_len = data.doc_len if split == "train" else min(data.doc_len or data.seq_len, n_valid - 1)
-    return ByteStream(part, data.batch_size // world_size, data.seq_len, doc_len,
+    # Validation always reads sequences of seq_len, so its loss is comparable from run to run.
+    return ByteStream(part, data.batch_size // world_size, data.seq_len, data.min_len if split == "train" else 0,
                       seed=seed if split == "train" else 12345, rank=rank)
 
 
@@ -162,16 +146,29 @@ def _task_stream(kind: str):
             raise ValueError(f"{kind} stream: split must be 'train' or 'valid', got {split!r}")
         opts = {"seq_len": data.seq_len, "batch_size": data.batch_size // world_size,
                 "seed": seed if split == "train" else seed + 1, **data.options}
-        return build_task(kind, data=data.source, split=TASK_SPLITS[kind][split == "valid"], rank=rank,
+        return build_task(kind, data=_prepared_source(data), split=TASK_SPLITS[kind][split == "valid"], rank=rank,
                           world_size=world_size, **opts)
 
     return build
 
 
+OFFLINE_HINT = ("build the offline corpus with `plasticlm build-corpus data/offline --install` and "
+                "`plasticlm prepare data/offline/graph.jsonl data/graph --vocab-size 32768`, or set data.source to a "
+                "directory written by `plasticlm prepare`")
+
+
+def _prepared_source(data: DataConfig) -> Path:
+    path = Path(data.source)
+    if not path.is_dir():
+        raise FileNotFoundError(f"data.source {data.source!r} (data.kind={data.kind!r}) is not a prepared corpus "
+                                f"directory: {OFFLINE_HINT}")
+    return path
+
+
 def _task_tokenizer(data: DataConfig):
     from ..data.shards import load_prepared
 
-    return load_prepared(Path(data.source))[1]
+    return load_prepared(_prepared_source(data))[1]
 
 
 for _kind_name in TASK_SPLITS:
