@@ -20,11 +20,14 @@ V = 61
 PLASTIC = ModelConfig(vocab_size=V, d_model=32, n_layers=2, n_heads=4)
 SMALL_MAMBA = dict(state_size=8, mamba_head_dim=16)
 KINDS = ["transformer", "gla", "mamba2"]
+VARIANTS = KINDS + ["gla-conv"]  # gla-conv: GLA after a short convolution (fla's use_short_conv, as in Zoology)
 
 
 def build(kind, seed=0, **kw):
     torch.manual_seed(seed)
-    extra = dict(SMALL_MAMBA, backend="torch") if kind == "mamba2" else {"backend": "torch"} if kind == "gla" else {}
+    extra = dict(SMALL_MAMBA, backend="torch") if kind == "mamba2" else {"backend": "torch"} if "gla" in kind else {}
+    if kind == "gla-conv":
+        kind, extra["short_conv"] = "gla", 4
     extra.update(kw)
     return archs.build(kind, archs.sized_like(kind, PLASTIC, **extra)).double()
 
@@ -44,7 +47,7 @@ def test_count_params_matches_a_real_model():
     assert count_params(lambda: PlasticLM(PLASTIC)) == PlasticLM(PLASTIC).num_params()
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", VARIANTS)
 def test_causal(kind):
     model = build(kind)
     x = torch.randint(0, V, (2, 37))
@@ -56,7 +59,7 @@ def test_causal(kind):
     assert not torch.allclose(lx[:, 20:], ly[:, 20:])
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", VARIANTS)
 def test_incremental_decoding_equals_full_forward(kind):
     """A 67-token forward equals: a 30-token prefill, a 21-token piece with the carried state, then 16 steps."""
     model = build(kind)
@@ -75,7 +78,7 @@ def test_incremental_decoding_equals_full_forward(kind):
         assert isinstance(s, MixerState)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", VARIANTS)
 def test_gradients_reach_every_parameter(kind):
     model = build(kind).float()
     x = torch.randint(0, V, (2, 40))

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from . import archs
+from .files import atomic_write
 from .tokenizer import Tokenizer, load_tokenizer
 
 FORMAT = "plasticlm.model/1"
@@ -32,15 +33,6 @@ def model_id(config, tensors: dict[str, torch.Tensor]) -> str:
         h.update(name.encode())
         h.update(tensors[name].detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
-
-
-def atomic_write(path: Path, write) -> None:
-    """write(tmp_path), fsync, then rename over ``path``: a crash leaves the old file or the new one."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    write(tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def save_model(directory: str | os.PathLike, model, tokenizer: Tokenizer,

@@ -8,6 +8,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from .files import atomic_write
+
 FORMAT = "plasticlm.state/1"
 EXTRA_KINDS = ("conv", "log_gate_prod")
 """What a layer may carry beside its memory: 'conv', the last (w - 1) inputs of its short
@@ -111,11 +113,7 @@ class State:
         meta = {"format": FORMAT, "n_layers": str(len(self.layers)), "extra": ",".join(sorted(self.extra))}
         meta.update({k: str(v) for k, v in (metadata or {}).items()})
         tensors = {n: t.detach().contiguous().cpu() for n, t in zip(self.names(), self.tensors())}
-        tmp = f"{os.fspath(path)}.tmp"
-        save_file(tensors, tmp, metadata=meta)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
     @staticmethod
     def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple["State", dict[str, str]]:

@@ -4,6 +4,7 @@ from collections import Counter
 
 import pytest
 
+from plasticlm.data import recall
 from plasticlm.eval import listops, mqar, oneshot, probes
 from plasticlm.eval.registry import make_config
 
@@ -123,7 +124,7 @@ def test_listops_rows_put_the_label_after_sep(tok):
 # ---- MQAR ---------------------------------------------------------------------------------------
 
 def test_mqar_follows_zoology_definition():
-    x, y = mqar.multiquery_ar(20, seq_len=64, num_kv_pairs=6, vocab=100, power_a=0.01, seed=0)
+    x, y = recall.mqar(20, seq_len=64, pairs=6, vocab=100, power_a=0.01, seed=0)
     assert x.shape == y.shape == (20, 64)
     for row in range(20):
         keys, vals = x[row, 0:12:2].tolist(), x[row, 1:12:2].tolist()
@@ -138,7 +139,7 @@ def test_mqar_follows_zoology_definition():
 
 def test_mqar_maps_into_non_control_token_ids(tok):
     ids = mqar.task_ids(tok, 64)
-    x, y = mqar.to_tokens(*mqar.multiquery_ar(4, 32, 4, 64, 0.01, 1), ids)
+    x, y = recall.to_tokens(*recall.mqar(4, 32, 4, 64, 0.01, 1), ids)
     assert x.max() < 256 and (y[y != -100] >= 32).all()
 
 

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..checkpoint import atomic_write, model_id
+from ..checkpoint import model_id
+from ..files import atomic_write
 from ..tokenizer import Tokenizer, load_tokenizer
 from .config import AUNNConfig, OfflineConfig
 from .model import AUNN

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..tokenizer import ByteTokenizer
-from ..trainer.loop import pick_device
+from ..device import pick_device
 from ..trainer.streams import load_text
 from .config import AUNNRunConfig
 from .model import AUNN

@@ -86,6 +86,9 @@ class RecurrentConfig:
     """GLA: rank of the gate projection."""
     gate_logit_normalizer: int = 16
     """GLA: log-gates are logsigmoid(.) / this, so initial decays are slow."""
+    short_conv: int = 0
+    """GLA: width of a causal depthwise convolution (then SiLU) on q, k and v, fla's
+    ``use_short_conv``/``conv_size`` (Zoology's GLA has one); 0 for none, fla's default."""
     expand: int = 2
     """Mamba-2: inner width as a multiple of d_model."""
     state_size: int = 128
@@ -102,6 +105,8 @@ class RecurrentConfig:
             raise ValueError(f"RecurrentConfig.mixer must be one of {MIXERS}, got {self.mixer!r}")
         if self.backend not in BACKENDS:
             raise ValueError(f"RecurrentConfig.backend must be one of {BACKENDS}, got {self.backend!r}")
+        if not (isinstance(self.short_conv, int) and self.short_conv >= 0 and self.short_conv != 1):
+            raise ValueError(f"RecurrentConfig.short_conv must be 0 (none) or a width >= 2, got {self.short_conv!r}")
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "chunk_size", "gate_low_rank_dim",
                      "gate_logit_normalizer", "expand", "state_size", "mamba_head_dim", "n_groups", "conv_kernel"):
             v = getattr(self, name)
@@ -193,7 +198,7 @@ def _recurrence(backend: str, q, k, v, g, S, chunk_size: int):
 
 
 class GLAMixer(nn.Module):
-    """fla's GatedLinearAttention (no short convolution): a per-channel data-dependent decay."""
+    """fla's GatedLinearAttention: a per-channel data-dependent decay, optionally after a short convolution."""
 
     def __init__(self, cfg: RecurrentConfig):
         super().__init__()
@@ -205,21 +210,31 @@ class GLAMixer(nn.Module):
                                      nn.Linear(cfg.gate_low_rank_dim, K, bias=True))
         self.head_norm = RMSNorm(V // cfg.n_heads, cfg.norm_eps)
         self.proj_out = nn.Linear(V, d, bias=False)
+        C = 2 * K + V
+        self.conv1d = nn.Conv1d(C, C, cfg.short_conv, groups=C, bias=False) if cfg.short_conv else None
 
     def state_shape(self, B: int):
         c = self.cfg
-        return (B, c.n_heads, c.key_dim // c.n_heads, c.value_dim // c.n_heads), None
+        conv = (B, c.short_conv - 1, 2 * c.key_dim + c.value_dim) if c.short_conv else None
+        return (B, c.n_heads, c.key_dim // c.n_heads, c.value_dim // c.n_heads), conv
 
     def forward(self, x, S, conv):
         B, T, _ = x.shape
         H, hk = self.cfg.n_heads, self.cfg.key_dim // self.cfg.n_heads
-        q = self.q_proj(x).view(B, T, H, hk) * hk ** -0.5
-        k = self.k_proj(x).view(B, T, H, hk)
-        v = self.v_proj(x).view(B, T, H, -1)
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        if self.conv1d is not None:
+            qkv = torch.cat((q, k, v), dim=-1)
+            full = torch.cat((conv.to(qkv.dtype), qkv), dim=1)  # the previous inputs make it causal across calls
+            conv = full[:, T:].to(conv.dtype)
+            qkv = F.silu(F.conv1d(full.transpose(1, 2), self.conv1d.weight, groups=qkv.shape[-1]).transpose(1, 2))
+            q, k, v = qkv.split((q.shape[-1], k.shape[-1], v.shape[-1]), dim=-1)
+        q = q.reshape(B, T, H, hk) * hk ** -0.5
+        k = k.reshape(B, T, H, hk)
+        v = v.reshape(B, T, H, -1)
         g = (F.logsigmoid(self.gk_proj(x).float()) / self.cfg.gate_logit_normalizer).view(B, T, H, hk)
         o, S = _recurrence(self.cfg.backend, q, k, v, g, S, self.cfg.chunk_size)  # (B, T, H, V)
         o = self.head_norm(o) * F.silu(self.g_proj(x).view(B, T, H, -1))
-        return self.proj_out(o.flatten(2)), S, None
+        return self.proj_out(o.flatten(2)), S, conv
 
 
 class Mamba2Mixer(nn.Module):

@@ -5,7 +5,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..checkpoint import atomic_write
+from ..files import atomic_write
 
 
 def _fmt(v, nd=1):

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import platform
-import re
 import subprocess
 import sys
 import time
@@ -21,6 +18,9 @@ from pathlib import Path
 
 import torch
 
+from ..device import pick_device
+from ..provenance import git_commit
+from ..provenance import provenance as shared_provenance
 from .models import INFER_MODELS, TRAIN_VARIANTS
 
 SUITES = ("train", "infer", "paths")
@@ -135,12 +135,7 @@ def make_config(preset: str, **overrides) -> BenchConfig:
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but this machine has no CUDA device")
-    return dev
+    return pick_device(name, select=False)
 
 
 def plan(cfg: BenchConfig, device: torch.device) -> list[dict]:
@@ -188,40 +183,10 @@ def run_isolated(job: dict, timeout: float | None) -> dict:
     return {"error": f"worker exited {p.returncode}: {last}"}
 
 
-def machine(device: torch.device) -> dict:
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        slug = name
-    else:
-        cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
-                   platform.processor() or "cpu") if os.path.exists("/proc/cpuinfo") else platform.processor()
-        name = f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
-        slug = f"cpu-{cpu}-{os.cpu_count()}core"
-    slug = re.sub(r"[^a-z0-9]+", "-", slug.lower()).strip("-")
-    return {"device": name, "hardware": slug}
-
-
 def provenance(device: torch.device, command: str) -> dict:
-    def git(*args):
-        try:
-            return subprocess.run(["git", *args], capture_output=True, text=True, timeout=10,
-                                  cwd=Path(__file__).resolve().parent).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    meta = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "command": command,
-            "commit": git("rev-parse", "--short", "HEAD") + ("-dirty" if git("status", "--porcelain", "-uno") else ""),
-            "torch": torch.__version__, "python": platform.python_version(), **machine(device)}
-    if device.type == "cuda":
-        meta["cuda"] = torch.version.cuda
-        try:
-            import fla
-
-            meta["fla"] = getattr(fla, "__version__", "installed")
-        except Exception:  # noqa: BLE001 - fla is optional; any import failure means "not used"
-            meta["fla"] = None
-    else:
-        meta["load_average"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    meta = {**shared_provenance(device, command), "commit": git_commit(short=True),
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    if device.type != "cuda":
         meta["memory_note"] = "peak resident set size of a fresh process per job (ru_maxrss), torch included"
     return meta
 

@@ -118,7 +118,7 @@ def run_generate(args) -> int:
 
     from ..aunn import AUNNAsLM, OnlineConfig, load_aunn
     from ..trainer.config import from_dict
-    from ..trainer.loop import pick_device
+    from ..device import pick_device
 
     if args.max_new_tokens < 0:
         raise ValueError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")

@@ -83,8 +83,8 @@ def open_checkpoint(checkpoint: str, device: str, tokenizer_path: str | None = N
 def run(args) -> int:
     from pathlib import Path
 
-    import torch
 
+    from ..device import pick_device
     from ..eval import Context, evaluate, parse_suites
     from ..eval.registry import make_config
     from ..eval.results import headline
@@ -93,7 +93,7 @@ def run(args) -> int:
     suites = parse_suites(args.suite)
     for s in suites:  # reject bad settings before loading anything
         make_config(s, args.preset, args.overrides)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = str(pick_device(args.device))
     lm, tok, info, untrained = open_checkpoint(args.checkpoint, device, args.tokenizer, args.seed, args.online)
     out = Path(args.out) if args.out else Path(args.checkpoint) / "eval"
     ctx = Context(lm=lm, tokenizer=tok, seed=args.seed, out_dir=out, progress=not args.no_progress,

@@ -72,7 +72,7 @@ def unescape(s: str) -> str:
 def run(args) -> int:
     from ..reading import Reader
     from ..sampling import Sampling
-    from ..trainer.loop import pick_device
+    from ..device import pick_device
 
     if "{prompt}" not in args.template:
         raise ValueError(f"--template must contain {{prompt}}, got {args.template!r}")

@@ -61,7 +61,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from ..reading import Corpus, Reader
-    from ..trainer.loop import pick_device
+    from ..device import pick_device
 
     out = Path(args.state)
     if out.exists() and not args.overwrite and (args.resume_state is None or Path(args.resume_state) != out):

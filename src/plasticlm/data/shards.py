@@ -23,7 +23,7 @@ from typing import Iterable
 import numpy as np
 from tqdm import tqdm
 
-from ..checkpoint import atomic_write
+from ..files import atomic_write
 from ..tokenizer import Tokenizer, load_tokenizer
 from .corpus import DEFAULT_FRACTIONS, SPLITS, Document, SkipLog, check_fractions, doc_hash, read_corpus, split_of
 

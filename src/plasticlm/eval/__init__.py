@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from ..files import atomic_write
 from . import results
 from .registry import PRESETS, SUITES, Context, config_dict, make_config, parse_suites, suite_module
 
@@ -49,7 +50,7 @@ def evaluate(ctx: Context, suites: list[str], preset: str = "full", overrides: l
                                "results": res}
         results.write(out_json, doc)
         text = results.markdown(doc)
-        results.atomic_write(out_json.with_suffix(".md"), lambda p, t=text: Path(p).write_text(t))
+        atomic_write(out_json.with_suffix(".md"), lambda p, t=text: Path(p).write_text(t))
     return doc
 
 

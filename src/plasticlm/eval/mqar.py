@@ -1,28 +1,34 @@
-"""Multi-query associative recall (Zoology, Arora et al. 2023), accuracy and state size.
+"""Multi-query associative recall (Zoology, Arora et al. 2023): accuracy and state size.
 
-A sequence of ``seq_len`` tokens starts with ``num_kv_pairs`` key-value pairs (keys from one half
-of the task vocabulary, values from the other, no key repeated); each key is queried once later,
-at a gap drawn from a power law (``power_a``; Zoology's default 0.01), and the target after each
-query is its value. Every other position holds a random token (Zoology's
-``random_non_queries``). Only the value positions are scored.
+The task (:func:`plasticlm.data.recall.mqar`): a sequence starts with key-value pairs, each key
+is queried once later, and only the values after the queries are scored. Its vocabulary is the
+first ``vocab`` non-control token ids of the model's tokenizer.
 
-The task vocabulary is the first ``vocab`` non-control token ids of the model's tokenizer (keys
-from its first half without id 0, as Zoology, values from its second half). Like Zoology, the
-model is trained on the task (all weights fine-tuned with AdamW, restored afterwards), then tested
-on fresh sequences for each number of pairs. The state size is the number of scalars the LM's
-state holds after reading a test sequence, so models can be placed on Zoology's
-accuracy-vs-state-size plot (GLA ~0.95 at ~7x10^4, attention ~1.0 with its full KV cache).
+The protocol is Zoology's, scaled to small machines, and :func:`train_and_test` is the one
+place it is written (the ``mqar`` experiment calls it too, so the two cannot disagree): the
+model is trained through plasticlm's own trainer (AdamW with ``weight_decay``, warmup then
+``schedule``, fresh examples every step, gradient clipping), tested every ``eval_every`` steps
+on fixed test sets, one per number of pairs, and stopped once every one reaches ``target``;
+this is repeated for each learning rate of ``lrs``, and the best is reported with all kept.
+``fresh`` trains a new model of the checkpoint's architecture and size, as Zoology does;
+otherwise the checkpoint's own weights are fine-tuned (on a copy: the LM is left as it was).
+
+The state size is the number of scalars the model's state holds after reading a test sequence,
+so models can be placed on Zoology's accuracy-against-state-size plot (GLA ~0.95 at ~7x10^4,
+attention ~1.0 with its full KV cache).
 """
 from __future__ import annotations
 
+import copy
+import math
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
-import numpy as np
 import torch
-from tqdm import tqdm
 
-from .adapt import finetune, restored, trainable
-from .common import label_predictions, state_numel
+from ..data.recall import IGNORE, RecallConfig
+from .common import state_numel
 from .registry import Context
 from .results import line_plot
 
@@ -31,39 +37,50 @@ NAME = "mqar"
 
 @dataclass
 class Config:
-    seq_len: int = 256
-    """Tokens per sequence (even)."""
-    num_kv_pairs: list[int] = field(default_factory=lambda: [4, 8, 16, 32, 64])
+    seq_len: int = 64
+    """Tokens per sequence."""
+    num_kv_pairs: list[int] = field(default_factory=lambda: [4, 8])
     """Pairs per sequence; training mixes them, testing reports each."""
     vocab: int = 256
-    """Task vocabulary size (first non-control ids of the tokenizer)."""
+    """Task vocabulary size: values come from its upper half, so the first loss plateau is ln(vocab / 2)."""
     power_a: float = 0.01
-    train_examples: int = 20_000
-    test_examples: int = 500
-    """Test sequences per number of pairs."""
-    steps: int = 2000
-    micro_batch: int = 4
-    """Rows per forward pass, in training (gradients accumulated) and in testing; bounds the
-    B x T x V log-probs in memory."""
     batch_size: int = 64
-    lr: float = 1e-3
+    max_steps: int = 2000
+    """Optimizer steps at most per learning rate (fewer when every number of pairs reaches target)."""
+    warmup_steps: int = 100
+    schedule: str = "cosine"
+    """'cosine' (to 0.1 lr at max_steps) or 'wsd', as the trainer's optim.schedule."""
+    weight_decay: float = 0.1
+    lrs: list[float] = field(default_factory=lambda: [1e-3, 3e-3, 1e-2])
+    """Learning rates swept; each trains from the same start."""
+    eval_every: int = 250
+    test_examples: int = 500
+    """Test sequences per number of pairs (drawn once, never trained on)."""
+    target: float = 0.99
+    """Early stop once every number of pairs reaches this test accuracy."""
+    fresh: bool = True
+    """Train a new model of the checkpoint's architecture and size (Zoology's protocol); false
+    fine-tunes the checkpoint's own weights."""
 
     @classmethod
     def smoke(cls) -> "Config":
-        return cls(seq_len=32, num_kv_pairs=[2, 4], vocab=64, train_examples=64, test_examples=16, steps=3,
-                   batch_size=8)
+        return cls(seq_len=32, num_kv_pairs=[2, 4], vocab=64, batch_size=8, max_steps=4, warmup_steps=1,
+                   lrs=[3e-3], eval_every=2, test_examples=16)
 
     def validate(self) -> None:
-        if self.seq_len % 2:
-            raise ValueError(f"mqar.seq_len must be even, got {self.seq_len}")
-        for n in self.num_kv_pairs:
-            if 4 * n > self.seq_len:
-                raise ValueError(f"mqar: {n} pairs need seq_len >= {4 * n}, got {self.seq_len}")
-            if n > self.vocab // 2 - 1:
-                raise ValueError(f"mqar: {n} distinct keys need vocab >= {2 * n + 2}, got {self.vocab}")
+        self.task().check(self.seq_len)
+        if not self.lrs or any(not (isinstance(lr, float) and lr > 0) for lr in self.lrs):
+            raise ValueError(f"mqar.lrs must be a non-empty list of positive learning rates, got {self.lrs!r}")
+        if self.schedule not in ("cosine", "wsd"):
+            raise ValueError(f"mqar.schedule must be 'cosine' or 'wsd', got {self.schedule!r}")
+
+    def task(self, ids: list[int] | None = None) -> RecallConfig:
+        return RecallConfig(task="mqar", pairs=list(self.num_kv_pairs), vocab=self.vocab, power_a=self.power_a,
+                            ids=ids)
 
 
 def task_ids(tok, vocab: int) -> list[int]:
+    """The first ``vocab`` token ids that are not control tokens."""
     specials = set()
     for name in ("[PAD]", "[BOS]", "[EOS]", "[SEP]", "[USER]", "[AI]"):
         try:
@@ -76,74 +93,111 @@ def task_ids(tok, vocab: int) -> list[int]:
     return ids
 
 
-def multiquery_ar(n: int, seq_len: int, num_kv_pairs: int, vocab: int, power_a: float, seed: int):
-    """Zoology's generator in task ids 0..vocab-1: (inputs (n, T), targets (n, T) with -100 off queries)."""
-    rng = np.random.default_rng(seed)
-    context = 2 * num_kv_pairs
-    keys = np.stack([rng.choice(np.arange(1, vocab // 2), num_kv_pairs, replace=False) for _ in range(n)])
-    values = np.stack([rng.choice(np.arange(vocab // 2, vocab), num_kv_pairs, replace=False) for _ in range(n)])
-    kvs = np.zeros((n, context), dtype=np.int64)
-    kvs[:, 0::2], kvs[:, 1::2] = keys, values
-    space = (seq_len - context) // 2
-    p = power_a * np.arange(1, space + 1) ** (power_a - 1)
-    p = p / p.sum()
-    gaps = np.stack([rng.choice(space, num_kv_pairs, replace=False, p=p) for _ in range(n)])
-    queries = np.zeros((n, seq_len - context + 1), dtype=np.int64)
-    np.put_along_axis(queries, gaps * 2, keys, axis=1)
-    examples = np.concatenate([kvs, queries], axis=1)
-    labels = np.full((n, seq_len + 1), -100, dtype=np.int64)
-    np.put_along_axis(labels, gaps * 2 + context + 1, values, axis=1)
-    x, y = torch.from_numpy(examples[:, :-1]), torch.from_numpy(labels[:, 1:])
-    noise = torch.from_numpy(rng.integers(0, vocab, x.shape))
-    x = torch.where(x == 0, noise, x)
-    return x, y
+def test_sets(cfg: Config, ids: list[int] | None, seed: int) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    task = cfg.task(ids)
+    return {p: task.sample(cfg.test_examples, cfg.seq_len, p, [seed, 7919, p]) for p in cfg.num_kv_pairs}
 
 
-def to_tokens(x: torch.Tensor, y: torch.Tensor, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    table = torch.tensor(ids)
-    return table[x], torch.where(y == -100, y, table[y.clamp(min=0)])
+@torch.no_grad()
+def accuracy(model, tests: dict[int, tuple[torch.Tensor, torch.Tensor]], batch: int = 256) -> dict[int, float]:
+    """Greedy accuracy at the value positions, per number of pairs; each row from an empty state."""
+    device = next(model.parameters()).device
+    was = model.training
+    model.eval()
+    out = {}
+    for p, (x, y) in tests.items():
+        right = total = 0
+        for a in range(0, len(x), batch):
+            logits, _ = model(x[a:a + batch].to(device))
+            mask = y[a:a + batch] != IGNORE
+            right += int((logits.argmax(-1).cpu()[mask] == y[a:a + batch][mask]).sum())
+            total += int(mask.sum())
+        out[p] = right / max(1, total)
+    model.train(was)
+    return out
+
+
+def train_and_test(arch: str, model_config, cfg: Config, lr: float, seed: int, device: str, work_dir: Path,
+                   model=None, tokenizer=None, ids: list[int] | None = None, progress: bool = False) -> dict:
+    """Train one model at one learning rate by the protocol; returns its curve and final test accuracy.
+
+    ``model`` (optional) is trained in place instead of a fresh one; ``tokenizer`` and ``ids`` map
+    the task into a checkpoint's vocabulary (default: the byte tokenizer, task ids as tokens).
+    """
+    from .. import archs
+    from ..trainer.config import CheckpointConfig, DataConfig, LogConfig, OptimConfig, TrainConfig
+    from ..trainer.loop import Trainer
+
+    is_segment = archs.get(arch).segment
+    tc = TrainConfig(
+        arch=arch, model=model_config, seed=seed, device=device, out_dir=str(work_dir), steps=cfg.max_steps,
+        data=DataConfig(kind="mqar", seq_len=cfg.seq_len, batch_size=cfg.batch_size,
+                        options={"pairs": list(cfg.num_kv_pairs), "vocab": cfg.vocab, "power_a": cfg.power_a,
+                                 "ids": ids}),
+        optim=OptimConfig(lr=lr, weight_decay=cfg.weight_decay, schedule=cfg.schedule,
+                          warmup_steps=cfg.warmup_steps),
+        backprop="segment" if is_segment else "full", segment_len=cfg.seq_len,
+        checkpoint=CheckpointConfig(every=0, resume=False), log=LogConfig(every=10, tensorboard="disabled",
+                                                                           eval_every=cfg.eval_every),
+        eval_tokens=cfg.batch_size * cfg.seq_len)
+    tests = test_sets(cfg, ids, seed)
+    curve: list[dict] = []
+    trainer = None
+
+    def on_eval(step: int, valid: float) -> bool:
+        acc = accuracy(trainer.model, tests)
+        curve.append({"step": step, "valid_loss": valid, "accuracy": acc})
+        return all(a >= cfg.target for a in acc.values())
+
+    trainer = Trainer(tc, progress=progress, on_eval=on_eval, model=model, tokenizer=tokenizer)
+    summary = trainer.run()
+    from ..trainer.metrics import read_metrics
+
+    losses = [(r["step"], r["loss"]) for r in read_metrics(work_dir) if r.get("loss") is not None]
+    with torch.no_grad():
+        x = next(iter(tests.values()))[0][:1].to(trainer.device)
+        state_size = state_numel(trainer.model(x)[1])
+    return {"lr": lr, "accuracy": curve[-1]["accuracy"], "steps": summary["steps"],
+            "reached_target": summary["stopped_early"], "curve": curve, "train_loss": losses,
+            "state_size": state_size, "n_params": summary["params"]}
+
+
+def plateaus(cfg: Config) -> dict[str, float]:
+    """The loss levels a run passes on its way to 0: ln(value vocabulary), then ln(pairs)."""
+    return {"ln(values)": math.log(cfg.vocab // 2), **{f"ln({p} pairs)": math.log(p) for p in cfg.num_kv_pairs}}
 
 
 def run(ctx: Context, cfg: Config) -> dict:
-    lm, ids = ctx.lm, task_ids(ctx.tokenizer, cfg.vocab)
-    per = max(1, cfg.train_examples // len(cfg.num_kv_pairs))
-    train = [to_tokens(*multiquery_ar(per, cfg.seq_len, k, cfg.vocab, cfg.power_a, ctx.seed + k), ids)
-             for k in cfg.num_kv_pairs]
-    tx, ty = torch.cat([t[0] for t in train]), torch.cat([t[1] for t in train])
-    tests = {k: to_tokens(*multiquery_ar(cfg.test_examples, cfg.seq_len, k, cfg.vocab, cfg.power_a,
-                                         ctx.seed + 10_000 + k), ids) for k in cfg.num_kv_pairs}
-    state = lm.read(tests[cfg.num_kv_pairs[0]][0][:1], lm.init_state(1))
-    res = {"state_size": state_numel(state), "seq_len": cfg.seq_len, "vocab": cfg.vocab, "chance": 2 / cfg.vocab,
-           "method": "trained on the task: all weights fine-tuned, next-token cross-entropy at the value positions"}
+    from .. import archs
 
-    def accuracy():
-        out = {}
-        for k, (x, y) in tests.items():
-            pred, gold = label_predictions(lm, x, y, batch_size=cfg.micro_batch)
-            out[k] = float((pred == gold).float().mean())
-        return out
-
-    res["accuracy_before_training"] = accuracy()
-    gen = torch.Generator().manual_seed(ctx.seed)
-    bar = tqdm(total=cfg.steps, desc="mqar train", disable=not ctx.progress)
-
-    def show(step, loss):
-        bar.update()
-        bar.set_postfix(loss=f"{loss:.3f}")
-
-    def batches(step):
-        i = torch.randint(0, tx.shape[0], (cfg.batch_size,), generator=gen)
-        return tx[i], ty[i]
-
-    with restored(trainable(lm).module):
-        losses = finetune(lm, batches, cfg.steps, cfg.lr, show, cfg.micro_batch)
-        res["accuracy"] = accuracy()
-    bar.close()
-    res["train_loss"] = {"first": losses[0], "last": losses[-1]} if losses else None
+    model = getattr(ctx.lm, "model", None)
+    try:
+        arch = archs.arch_of(model)
+    except ValueError:
+        arch = None
+    if arch is None or archs.get(arch).trained_by != "plasticlm train":
+        raise ValueError(f"mqar trains the model on the task with plasticlm's trainer: {type(model).__name__} "
+                         f"is not an architecture it trains")
+    ids = task_ids(ctx.tokenizer, cfg.vocab)
+    device = str(next(model.parameters()).device)
+    by_lr = {}
+    for lr in cfg.lrs:
+        with tempfile.TemporaryDirectory() as work:
+            own = None if cfg.fresh else copy.deepcopy(model).train()
+            by_lr[str(lr)] = train_and_test(arch, model.config, cfg, lr, ctx.seed, device, Path(work), model=own,
+                                            tokenizer=ctx.tokenizer, ids=ids, progress=ctx.progress)
+    best_lr = max(by_lr, key=lambda k: (sum(by_lr[k]["accuracy"].values()), -by_lr[k]["steps"]))
+    best = by_lr[best_lr]
+    res = {"state_size": best["state_size"], "seq_len": cfg.seq_len, "vocab": cfg.vocab, "chance": 2 / cfg.vocab,
+           "method": ("fresh model" if cfg.fresh else "checkpoint fine-tuned") + ", trained on the task with "
+                     "plasticlm's trainer, best of the learning rates", "accuracy": best["accuracy"],
+           "best_lr": float(best_lr), "steps": best["steps"], "plateaus": plateaus(cfg),
+           "by_lr": {k: {"accuracy": v["accuracy"], "steps": v["steps"], "curve": v["curve"]}
+                     for k, v in by_lr.items()}}
     ks = list(res["accuracy"])
     res["plots"] = [line_plot(ctx.out_dir / "mqar_accuracy.png",
-                              {f"trained ({res['state_size']:,} state scalars)": (ks, [res["accuracy"][k] for k in ks]),
-                               "before training": (ks, [res["accuracy_before_training"][k] for k in ks])},
+                              {f"lr {k} ({res['state_size']:,} state scalars)": (ks, [v["accuracy"][p] for p in ks])
+                               for k, v in by_lr.items()},
                               "key-value pairs", "recall accuracy", f"MQAR, {cfg.seq_len} tokens")]
     return res
 
@@ -152,7 +206,6 @@ def plot_vs_state_size(result_files: list[str], out_png: str) -> str:
     """Zoology's figure across runs: accuracy against state size, one line per number of pairs,
     from the results.json of several ``plasticlm eval --suite mqar`` runs (models of several sizes)."""
     import json
-    from pathlib import Path
 
     points: dict[str, list[tuple[int, float]]] = {}
     for f in result_files:

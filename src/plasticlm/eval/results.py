@@ -2,59 +2,42 @@
 and the PNG plots beside it."""
 from __future__ import annotations
 
-import datetime as dt
 import json
 import math
-import platform
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..checkpoint import atomic_write
-
-
-def git_commit() -> str:
-    """The commit of the plasticlm source tree, with '-dirty' when it has uncommitted changes."""
-    root = Path(__file__).resolve().parents[3]
-    try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return (head + ("-dirty" if dirty else "")) if head else "unknown"
+from ..files import atomic_write
+from ..provenance import git_commit, machine, provenance
 
 
 def device_name(device: torch.device | str) -> str:
     device = torch.device(device)
-    if device.type == "cuda":
-        return f"cuda: {torch.cuda.get_device_name(device)}"
-    return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    return f"{device.type}: {machine(device)['device']}"
 
 
 def header(command: list[str], device, seed: int, checkpoint: dict[str, Any]) -> dict[str, Any]:
+    meta = provenance(device, command)
     return {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(command),
-        "commit": git_commit(),
+        "date": meta["date"],
+        "command": meta["command"],
+        "commit": git_commit(),  # looked up here, so a test can stand in a clean tree
         "device": device_name(device),
         "seed": seed,
-        "versions": {"python": sys.version.split()[0], "torch": torch.__version__},
+        "versions": {"python": meta["python"], "torch": meta["torch"]},
         "checkpoint": checkpoint,
         "suites": {},
     }
 
 
-def _clean(x):
+def jsonable(x):
     """JSON has no NaN or infinity: write them as null, and tensors/numpy scalars as numbers."""
     if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
+        return {str(k): jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
+        return [jsonable(v) for v in x]
     if hasattr(x, "item") and not isinstance(x, (str, bytes)):
         x = x.item()
     if isinstance(x, float) and not math.isfinite(x):
@@ -64,11 +47,11 @@ def _clean(x):
 
 def write(path: Path, doc: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(_clean(doc), indent=1)
+    text = json.dumps(jsonable(doc), indent=1)
     atomic_write(path, lambda p: Path(p).write_text(text))
 
 
-def _pyplot():
+def pyplot():
     try:
         import matplotlib
 
@@ -81,7 +64,7 @@ def _pyplot():
 
 def bar_plot(path: Path, groups: dict[str, dict[str, float | None]], ylabel: str, title: str) -> str:
     """Grouped bars: groups = {metric: {system: value}}; returns the file name."""
-    plt = _pyplot()
+    plt = pyplot()
     systems = list(next(iter(groups.values())))
     fig, ax = plt.subplots(figsize=(6, 4))
     w = 0.8 / len(groups)
@@ -101,7 +84,7 @@ def bar_plot(path: Path, groups: dict[str, dict[str, float | None]], ylabel: str
 def line_plot(path: Path, series: dict[str, tuple[list, list]], xlabel: str, ylabel: str, title: str,
               logx: bool = False, hline: dict[str, float] | None = None) -> str:
     """One PNG with a line per series; returns its file name. Needs matplotlib (extra 'plot')."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, (xs, ys) in series.items():
         ys = [float("nan") if y is None else y for y in ys]

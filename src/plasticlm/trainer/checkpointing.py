@@ -25,7 +25,8 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import WEIGHTS, atomic_write
+from ..checkpoint import WEIGHTS
+from ..files import atomic_write
 
 MANIFEST = "manifest.json"
 STEP_DIR = re.compile(r"^step_(\d{8})$")

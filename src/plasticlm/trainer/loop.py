@@ -26,6 +26,7 @@ import torch
 from .. import archs
 from ..checkpoint import WEIGHTS, save_weights
 from ..data.stream import Batch
+from ..device import pick_device
 from ..state import State
 from . import checkpointing as ck
 from .config import TrainConfig, to_dict
@@ -46,19 +47,6 @@ class Stopped(Exception):
     def __init__(self, step: int, path: Path):
         super().__init__(f"stopped by SIGTERM at step {step}; checkpoint {path}")
         self.step, self.path = step, path
-
-
-def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(name)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} asked for, but this machine has no CUDA device")
-        if dev.index is None:
-            dev = torch.device("cuda", local_rank)
-        torch.cuda.set_device(dev)
-    return dev
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float):
@@ -82,16 +70,27 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, *, progress: bool = True, on_eval=None):
+    """Trains ``cfg``; see the module docstring.
+
+    ``on_eval(step, valid_loss)`` runs after each evaluation: it may raise (e.g. to prune a tuning
+    trial) or return True to end the run there (e.g. a target accuracy reached). ``model`` and
+    ``tokenizer`` train given objects instead of building them from the config (the model must be
+    of ``cfg.arch`` with config ``cfg.model``), e.g. to fine-tune a loaded checkpoint on a task.
+    """
+
+    def __init__(self, cfg: TrainConfig, *, progress: bool = True, on_eval=None, model=None, tokenizer=None):
         self.cfg, self.progress, self.on_eval = cfg, progress, on_eval
         self.device = pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
         self.dist = Dist.from_env(cfg.dist.backend, self.device)
         torch.manual_seed(cfg.seed)
-        self.tokenizer = stream_tokenizer(cfg.data)
+        self.tokenizer = tokenizer or stream_tokenizer(cfg.data)
         if cfg.model.vocab_size != self.tokenizer.vocab_size:
             raise ValueError(f"model.vocab_size={cfg.model.vocab_size} does not match the tokenizer of data.kind="
                              f"{cfg.data.kind!r} ({self.tokenizer.vocab_size} tokens)")
-        model = archs.build(cfg.arch, cfg.model)
+        if model is not None and (archs.arch_of(model) != cfg.arch or model.config != cfg.model):
+            raise ValueError(f"the model given is a {archs.arch_of(model)!r} with another config than the run's "
+                             f"arch={cfg.arch!r} model")
+        model = archs.build(cfg.arch, cfg.model) if model is None else model
         if cfg.checkpoint.init_from:
             missing = model.load_state_dict(ck.load_weights(cfg.checkpoint.init_from), strict=False)
             if missing.missing_keys or missing.unexpected_keys:
@@ -123,6 +122,7 @@ class Trainer:
         self.pending_cursor: dict | None = None  # the stream's state before it (to rebuild it on resume)
         self.pending_pos = 0  # where its next window starts
         self.stop_requested = False
+        self.stopped_early = False  # on_eval ended the run before cfg.steps
         self.resumed_from = None
         latest = ck.latest_checkpoint(self.ckpt_root)
         if latest is not None and cfg.checkpoint.resume:
@@ -408,11 +408,13 @@ class Trainer:
                 log.progress(1, loss="-" if rec["loss"] is None else f"{rec['loss']:.3f}", tok_s=f"{tps:,.0f}",
                              len=lens)
                 self._check_bad_steps(rec)
-                if "valid_loss" in rec and self.on_eval is not None:
-                    self.on_eval(self.step, valid)  # may raise, e.g. to prune a tuning trial
+                done = "valid_loss" in rec and self.on_eval is not None and self.on_eval(self.step, valid)
                 if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0:
                     self.save_checkpoint()
                     saved_at = self.step
+                if done:
+                    self.stopped_early = True
+                    break
                 if self.stop_requested:
                     path = self.save_checkpoint() if saved_at != self.step else self.ckpt_root / f"step_{self.step:08d}"
                     raise Stopped(self.step, path)
@@ -441,7 +443,8 @@ class Trainer:
                        "params": sum(p.numel() for p in self.model.parameters()),  # global sizes under FSDP too
                        "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
                        "valid_loss": valid, "valid_bits_per_byte": valid / math.log(2) if per_byte else None,
-                       "skipped_steps": self.skipped, "world_size": d.world_size, "model_id": mid,
+                       "skipped_steps": self.skipped, "stopped_early": self.stopped_early,
+                       "world_size": d.world_size, "model_id": mid,
                        "checkpoint": str(self.out), "config": to_dict(cfg)}
             (self.out / "summary.json").write_text(json.dumps(summary, indent=1))
         d.barrier()

@@ -5,7 +5,8 @@ the recurrent state at each segment boundary; a backward sweep, last segment fir
 recomputes one segment with a graph from its start state and backpropagates its share of the
 loss together with the gradient that reaches its final state from the segments after it.
 Loss and gradients equal those of full-sequence autograd; activation memory is one
-segment's, plus the boundary states.
+segment's, plus the boundary states. The last segment runs once, in the backward sweep, so a
+batch of n segments costs 2n - 1 forwards and n backwards (one segment: plain autograd).
 """
 from __future__ import annotations
 
@@ -83,8 +84,10 @@ def segment_backward(model, tokens, targets, segment_len: int, weights=None, sta
     init_grad = state is not None and any(s.requires_grad for s in state.tensors())
     device = start.layers[0].device
 
+    last = len(bounds) - 1
+
     def keep(i):
-        return reverse_every == 0 or i % reverse_every == 0
+        return reverse_every == 0 or i % reverse_every == 0 or i == last
 
     def stash(S: State) -> State:
         if storage == "device":
@@ -92,20 +95,21 @@ def segment_backward(model, tokens, targets, segment_len: int, weights=None, sta
         pin = device.type == "cuda"
         return S.map(lambda s: s.to("cpu", non_blocking=pin).pin_memory() if pin else s.clone())
 
-    # Forward sweep: no graph, only boundary states.
+    # Forward sweep: no graph, only boundary states. The last segment is not run here: the
+    # backward sweep runs it first, with its graph, and its output is the final state.
     boundary: list[State | None] = [None] * len(bounds)
     with torch.no_grad():
         S = start.detach()
         for i, (a, b) in enumerate(bounds):
             if keep(i):
                 boundary[i] = stash(S)
-            _, S = model.hidden(tokens[:, a:b], S, check=False)
-    final = S
+            if i < last:
+                _, S = model.hidden(tokens[:, a:b], S, check=False)
 
     # Backward sweep: one segment with a graph at a time, last first.
     loss = 0.0
     d_state = None  # gradient reaching the end of the current segment from the later ones
-    S_end = final
+    S_end = final = None
     for i in reversed(range(len(bounds))):
         a, b = bounds[i]
         if boundary[i] is not None:
@@ -121,6 +125,8 @@ def segment_backward(model, tokens, targets, segment_len: int, weights=None, sta
         else:
             logits, S_out = model(tokens[:, a:b], S_in_g, check=False)
             seg = segment_loss(logits, targets[:, a:b], weights[:, a:b], total)
+        if i == last:
+            final = S_out.detach()
         outs, grads = [seg], [None]
         if d_state is not None:
             outs += S_out.tensors()

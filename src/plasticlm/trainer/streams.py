@@ -173,3 +173,26 @@ def _task_tokenizer(data: DataConfig):
 
 for _kind_name in TASK_SPLITS:
     register_stream(_kind_name, _task_stream(_kind_name), _task_tokenizer)
+
+
+# ---- synthetic recall tasks (plasticlm.data.recall): data.options holds RecallConfig fields -----
+def _recall_stream(task: str):
+    def build(data: DataConfig, *, split: str, rank: int, world_size: int, seed: int) -> Stream:
+        from ..data.recall import RecallConfig, RecallStream
+        from ..settings import from_dict
+
+        cfg = from_dict(RecallConfig, {"task": task, **data.options}, "data.options")
+        if cfg.length(data.seq_len) > data.seq_len:
+            raise ValueError(f"data.seq_len={data.seq_len} is shorter than a {task} sequence "
+                             f"({cfg.length(data.seq_len)} tokens)")
+        if split not in ("train", "valid"):
+            raise ValueError(f"{task} stream: split must be 'train' or 'valid', got {split!r}")
+        # The valid split draws from its own seeds: no training sequence is ever scored.
+        return RecallStream(cfg, data.batch_size // world_size, cfg.length(data.seq_len),
+                            seed=seed if split == "train" else 1_000_003 + seed, rank=rank)
+
+    return build
+
+
+for _task in ("mqar", "gap_recall"):
+    register_stream(_task, _recall_stream(_task), lambda data: ByteTokenizer())

@@ -1,0 +1,158 @@
+"""Running an experiment: its plan of runs, one results.json that grows run by run, tables and plots.
+
+``run_experiment(name)`` builds the experiment's config (the full form, or ``quick`` for CI),
+asks it for its plan (a list of :class:`Run`, each a point of the grid with a stable id), and
+executes every run that ``OUT/results.json`` does not hold yet: one after the other, or ``jobs``
+at a time in worker processes (one torch thread each on CPU). After each run the JSON is
+rewritten (atomically) with the run's record, and ``results.md`` and the PNG plots are redrawn,
+so a crash keeps every finished run and the same command resumes where it stopped. A results
+file made with another config is never mixed with: the command refuses and says so.
+
+Scratch files of runs (trainer checkpoints, metrics) go under ``OUT/work/`` (not committed).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import multiprocessing
+import os
+import shutil
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from ..eval.results import jsonable
+from ..files import atomic_write
+from ..provenance import provenance
+from ..settings import apply_overrides, from_dict
+
+RESULTS_ROOT = Path("experiments/results")
+
+
+@dataclass
+class Run:
+    """One point of an experiment's grid."""
+
+    id: str
+    """Stable and unique within the experiment (e.g. 'gated_average/d128/lr0.003/seed0')."""
+    params: dict[str, Any]
+
+
+def experiment_module(name: str):
+    from . import EXPERIMENTS
+
+    if name not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment {name!r}; known: {', '.join(EXPERIMENTS)}")
+    import importlib
+
+    return importlib.import_module(EXPERIMENTS[name])
+
+
+def make_config(name: str, quick: bool = False, overrides: list[str] | None = None):
+    """The experiment's typed config: its defaults (the full form) or ``Config.quick()``, then
+    ``field=value`` overrides (dotted for nested fields)."""
+    mod = experiment_module(name)
+    base = mod.Config.quick() if quick else mod.Config()
+    data = apply_overrides(dataclasses.asdict(base), list(overrides or []), example="max_steps=100")
+    return from_dict(mod.Config, data, name)
+
+
+def _execute(name: str, cfg_dict: dict, run: dict, device: str, work: str, threads: int) -> dict:
+    """One run, in this process or a worker's (everything it takes is plain data)."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    mod = experiment_module(name)
+    cfg = from_dict(mod.Config, cfg_dict, name)
+    r = Run(run["id"], run["params"])
+    d = Path(work) / r.id.replace("/", "_")
+    if d.exists():  # an unfinished attempt: start the run over
+        shutil.rmtree(d)
+    t0 = time.perf_counter()
+    record = mod.execute(cfg, r, device, d)
+    shutil.rmtree(d, ignore_errors=True)
+    meta = provenance(device)
+    return {"id": r.id, **record, "params": r.params, "seconds": round(time.perf_counter() - t0, 1),
+            "date": meta["date"], "commit": meta["commit"], "device": meta["device"]}
+
+
+def _write(out: Path, doc: dict, mod, cfg) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "results.json", lambda p: Path(p).write_text(json.dumps(jsonable(doc), indent=1) + "\n"))
+    records = list(doc["runs"].values())
+    try:
+        body = mod.report(cfg, records, out)
+    except ImportError as e:  # plots need matplotlib; tables are written anyway
+        body = mod.report(cfg, records, None) + f"\n(plots skipped: {e})\n"
+    p = doc["provenance"]
+    head = [f"# Experiment `{doc['experiment']}`", "", doc["question"], "",
+            f"Command: `{p['command']}`  ", f"Machine: {p['device']}; torch {p['torch']}; commit {p['commit']}; "
+            f"last run {p['date']}.  ", f"Runs: {len(records)} of {doc['planned_runs']} done.", ""]
+    atomic_write(out / "results.md", lambda f: Path(f).write_text("\n".join(head) + "\n" + body))
+
+
+def run_experiment(name: str, *, device: str = "cpu", quick: bool = False, out: str | os.PathLike | None = None,
+                   jobs: int = 1, overrides: list[str] | None = None, progress: bool = True,
+                   command: list[str] | None = None) -> Path:
+    """Run (or resume) experiment ``name``; returns the results directory."""
+    mod = experiment_module(name)
+    cfg = make_config(name, quick, overrides)
+    out = Path(out) if out else RESULTS_ROOT / (f"{name}-quick" if quick else name)
+    runs = mod.plan(cfg)
+    ids = [r.id for r in runs]
+    if len(set(ids)) != len(ids):
+        raise RuntimeError(f"experiment {name}: run ids are not unique")
+    cfg_dict = jsonable(dataclasses.asdict(cfg))
+    path = out / "results.json"
+    doc = {"experiment": name, "question": mod.QUESTION, "config": cfg_dict, "runs": {}}
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e}); move it away to start over") from None
+        if old.get("config") != cfg_dict:
+            changed = sorted(k for k in set(cfg_dict) | set(old.get("config", {}))
+                             if cfg_dict.get(k) != old.get("config", {}).get(k))
+            raise ValueError(f"{path} holds runs made with another config (fields {changed} differ): resume with "
+                             f"the same settings, or give another --out")
+        doc["runs"] = {k: v for k, v in old.get("runs", {}).items() if k in set(ids)}
+    import torch
+
+    doc["provenance"] = provenance(device, command)
+    doc["planned_runs"] = len(runs)
+    todo = [r for r in runs if r.id not in doc["runs"]]
+    work = out / "work"
+    threads = 1 if torch.device(device).type == "cpu" else 0
+    bar = tqdm(total=len(runs), initial=len(runs) - len(todo), desc=f"experiment {name}", unit="run",
+               disable=not progress, dynamic_ncols=True)
+
+    def done(record: dict) -> None:
+        doc["runs"][record["id"]] = record
+        _write(out, doc, mod, cfg)
+        bar.set_postfix_str(f"{record['id']}: {mod.headline(record)}")
+        bar.update()
+
+    _write(out, doc, mod, cfg)
+    try:
+        if jobs <= 1:
+            for r in todo:
+                done(_execute(name, cfg_dict, dataclasses.asdict(r), device, str(work), threads))
+        else:
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+                pending = {pool.submit(_execute, name, cfg_dict, dataclasses.asdict(r), device, str(work), threads)
+                           for r in todo}
+                while pending:
+                    finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for f in finished:
+                        done(f.result())
+    finally:
+        bar.close()
+    if len(doc["runs"]) == len(runs):
+        shutil.rmtree(work, ignore_errors=True)
+    return out
