@@ -29,10 +29,15 @@ def test_template_stream_holds_n_tagged_dialogues_following_the_template(tok, pc
     for msg, reply in dialogues:
         assert reply == f"{pcfg.marker} {probes.first_word(msg)}"
     # Held-out messages are never read, and their probes ask for the template's reply.
-    for msg, (ctx, cont) in zip(st.held_out_text, st.held_out):
+    for msg, p in zip(st.held_out_text, st.held_out):
         assert msg not in st.text
-        assert tok.decode(ctx) == f"[USER] {msg}\n"
-        assert tok.decode(cont) == f"[AI] {pcfg.marker} {probes.first_word(msg)}\n"
+        assert tok.decode(p.context) == f"[USER] {msg}\n"
+        assert tok.decode(p.continuation) == f"[AI] {pcfg.marker} {probes.first_word(msg)}\n"
+        (a, b), (c, d) = p.parts["marker"], p.parts["copy"]  # the fixed word and the copy, scored apart
+        assert tok.decode(p.continuation[a:b]) == f" {pcfg.marker}" and b == c
+        assert tok.decode(p.continuation[c:d]) == f" {probes.first_word(msg)}"
+    # The copied word keeps its case: a text model can copy it, no lowercasing to learn first.
+    assert probes.first_word("The cat sat.") == "The" and probes.first_word("'Quote,' he said") == "Quote"
 
 
 def test_shuffled_template_stream_has_the_same_pieces_without_the_template(tok, pcfg):
@@ -57,10 +62,10 @@ def test_drift_stream_introduces_the_rule_mid_stream(tok, pcfg, placement):
     assert len(re.findall(rf"\b{mark}\b", after)) == st.claims["rule_occurrences"] >= pcfg.max_occurrences
     for k, pos in st.checkpoints.items():
         assert len(re.findall(pair, tok.decode(st.tokens[:pos]))) == k
-    for sent, (ctx, cont) in zip(st.held_out_text, st.held_out):
+    for sent, p in zip(st.held_out_text, st.held_out):
         assert sent not in st.text
         first, then = (mark, trig) if placement == "before" else (trig, mark)
-        assert tok.decode(ctx).endswith(first) and tok.decode(cont) == f" {then}"
+        assert tok.decode(p.context).endswith(first) and tok.decode(p.continuation) == f" {then}"
 
 
 def test_shuffled_drift_stream_has_as_many_markers_but_no_rule(tok, pcfg):

@@ -93,3 +93,72 @@ def test_window_mode_cuts_each_batch_into_windows_with_the_state_carried(tmp_pat
     carried = t2.state
     assert all(s.abs().sum() > 0 for s in carried.layers)
     assert t2.positions.tolist() == [32] * 4
+
+
+class Ragged:
+    """Three whole sequences of different lengths per batch, right-padded with weight 0."""
+
+    lengths = (37, 20, 53)
+
+    def __init__(self, seed):
+        self.g, self.n = torch.Generator().manual_seed(seed), 0
+
+    def next_batch(self):
+        from plasticlm.data.stream import Batch
+
+        T = max(self.lengths)
+        seq = torch.randint(0, 256, (len(self.lengths), T + 1), generator=self.g)
+        weights = torch.zeros(len(self.lengths), T)
+        for r, n in enumerate(self.lengths):
+            weights[r, :n] = 1.0
+            seq[r, n:] = 256  # padding
+        self.n += 1
+        return Batch(seq[:, :-1], seq[:, 1:], weights, torch.ones(len(self.lengths), dtype=torch.bool),
+                     torch.tensor(self.lengths))
+
+    def state_dict(self):
+        return {"n": self.n, "rng": self.g.get_state()}
+
+    def load_state_dict(self, state):
+        self.n = state["n"]
+        self.g.set_state(state["rng"])
+
+
+def test_whole_sequence_step_equals_full_autograd_and_steps_once_per_batch(tmp_path):
+    """One trainer step of B whole sequences of different lengths (padding weighted 0), through
+    segment_backward, has the gradient of one full autograd pass over the same batch (float64)."""
+    import copy
+
+    from plasticlm.tokenizer import ByteTokenizer
+    from plasticlm.trainer.segment import segment_loss
+    from plasticlm.trainer.streams import register_stream
+
+    register_stream("ragged", lambda data, **kw: Ragged(kw["seed"]), lambda data: ByteTokenizer())
+    for mode in ("whole", "window"):
+        t = Trainer(tiny_config(tmp_path / mode, "data.kind=ragged", "data.seq_len=64", "segment_len=8",
+                                f"bptt={mode}", "window=24", "optim.grad_clip=0", "model.short_conv=4",
+                                "model.bias_correction=true"), progress=False)
+        t.model.double()
+        ref = copy.deepcopy(t.model)
+        steps, grads = [], []
+        step = t.opt.step
+
+        def counting_step():
+            steps.append(t.step)
+            grads.append({n: p.grad.clone() for n, p in t.model.named_parameters()})
+            step()
+
+        t.opt.step = counting_step
+        batch = t.stream.state_dict()
+        n_steps = 1 if mode == "whole" else 3  # 53 tokens in windows of 24: 24 + 24 + 5
+        for _ in range(n_steps):
+            t.train_step(t.next_batch())
+        assert len(steps) == n_steps  # one optimizer step per batch of whole sequences (per window when truncated)
+        if mode == "whole":
+            t.stream.load_state_dict(batch)
+            b = t.stream.next_batch()
+            logits, _ = ref(b.tokens)
+            loss = segment_loss(logits, b.targets, b.weights.double(), b.weights.sum())
+            loss.backward()
+            for n, p in ref.named_parameters():
+                assert ((grads[0][n] - p.grad).norm() / p.grad.norm()).item() < 1e-10, n

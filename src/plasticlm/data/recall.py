@@ -49,16 +49,17 @@ def mqar(n: int, seq_len: int, pairs: int, vocab: int, power_a: float, seed) -> 
     return torch.where(x == 0, noise, x), y
 
 
-def gap_recall(n: int, pairs: int, gap: int, vocab: int, seed) -> tuple[torch.Tensor, torch.Tensor]:
-    """(inputs (n, 4 pairs + gap), targets with IGNORE off the recalled values). Keys, values and
-    fillers come from the three thirds of the task vocabulary."""
+def gap_recall(n: int, pairs: int, gap: int, vocab: int, seed, fillers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs (n, 4 pairs + gap - 1), targets with IGNORE off the recalled values). Keys, values
+    and fillers come from the three thirds of the task vocabulary; ``fillers`` > 0 draws the gap
+    from only that many filler tokens (1: one token repeated), 0 from the whole third."""
     rng = np.random.default_rng(seed)
     third = vocab // 3
     if third < pairs:
         raise ValueError(f"gap recall: {pairs} distinct keys need vocab >= {3 * pairs}, got {vocab}")
     keys = np.stack([rng.choice(third, pairs, replace=False) for _ in range(n)])
     values = rng.integers(third, 2 * third, (n, pairs))
-    filler = rng.integers(2 * third, vocab, (n, gap))
+    filler = rng.integers(2 * third, 2 * third + (min(fillers, vocab - 2 * third) or vocab - 2 * third), (n, gap))
     order = np.argsort(rng.random((n, pairs)), axis=1)
     kv = np.stack([keys, values], axis=2).reshape(n, 2 * pairs)
     qk, qv = np.take_along_axis(keys, order, 1), np.take_along_axis(values, order, 1)
@@ -93,6 +94,8 @@ class RecallConfig:
     """mqar: the power law of the query gaps (Zoology's default)."""
     gap: int = 256
     """gap_recall: filler tokens between the pairs and the queries."""
+    fillers: int = 0
+    """gap_recall: distinct filler tokens (0: a third of the task vocabulary; 1: one token repeated)."""
     ids: list[int] | None = None
     """Token id of each task id (None: the task ids themselves)."""
 
@@ -122,7 +125,7 @@ class RecallConfig:
         if self.task == "mqar":
             x, y = mqar(n, seq_len, pairs, self.vocab, self.power_a, seed)
         else:
-            x, y = gap_recall(n, pairs, self.gap, self.vocab, seed)
+            x, y = gap_recall(n, pairs, self.gap, self.vocab, seed, self.fillers)
         return to_tokens(x, y, self.ids)
 
 

@@ -99,20 +99,22 @@ def test_sets(cfg: Config, ids: list[int] | None, seed: int) -> dict[int, tuple[
 
 
 @torch.no_grad()
-def accuracy(model, tests: dict[int, tuple[torch.Tensor, torch.Tensor]], batch: int = 256) -> dict[int, float]:
-    """Greedy accuracy at the value positions, per number of pairs; each row from an empty state."""
+def accuracy(model, tests: dict, batch: int = 64) -> dict:
+    """Greedy accuracy at the scored positions (targets not IGNORE) of each test set, every row from
+    an empty state; the tied head is applied at the scored positions only."""
     device = next(model.parameters()).device
     was = model.training
     model.eval()
     out = {}
-    for p, (x, y) in tests.items():
+    for key, (x, y) in tests.items():
         right = total = 0
         for a in range(0, len(x), batch):
-            logits, _ = model(x[a:a + batch].to(device))
-            mask = y[a:a + batch] != IGNORE
-            right += int((logits.argmax(-1).cpu()[mask] == y[a:a + batch][mask]).sum())
+            h, _ = model.hidden(x[a:a + batch].to(device))
+            mask = (y[a:a + batch] != IGNORE).to(device)
+            pred = torch.nn.functional.linear(h[mask], model.embed.weight).argmax(-1).cpu()
+            right += int((pred == y[a:a + batch][mask.cpu()]).sum())
             total += int(mask.sum())
-        out[p] = right / max(1, total)
+        out[key] = right / max(1, total)
     model.train(was)
     return out
 

@@ -81,7 +81,7 @@ class ProbeStream:
     tokens: list[int]
     checkpoints: dict[int, int]  # count read -> token position just after it
     text: str  # the stream as text, for checking its contents
-    held_out: list[tuple[list[int], list[int]]]  # (context, continuation to score) pairs
+    held_out: list[Probe]
     held_out_text: list[str]
     claims: dict[str, int]
 
@@ -96,7 +96,17 @@ def counts(n: int) -> list[int]:
 
 
 def first_word(message: str) -> str:
-    return re.sub(r"[^\w]", "", message.split()[0]).lower() or "x"
+    """The message's first word as written (punctuation dropped, case kept: a copy, not a transformation)."""
+    return re.sub(r"[^\w]", "", message.split()[0]) or "x"
+
+
+@dataclass
+class Probe:
+    """A held-out question: read ``context``, score ``continuation``; ``parts`` name spans of it."""
+
+    context: list[int]
+    continuation: list[int]
+    parts: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 def _pools(rng: random.Random, sizes: list[tuple[int, object]]) -> list[list[str]]:
@@ -120,9 +130,12 @@ def template_stream(tok, cfg: Config, seed: int, shuffled: bool = False) -> Prob
     short = lambda s: len(s.split()) <= 16  # noqa: E731
     held, msgs = _pools(rng, [(cfg.held_out, short), (cfg.max_dialogues, short)])
     user, ai, bos = special(tok, "[USER]"), special(tok, "[AI]"), special(tok, "[BOS]")
+    def reply(m: str) -> tuple[list[int], list[int], list[int]]:  # marker, copied word, end: encoded apart
+        return encode(tok, f" {cfg.marker}"), encode(tok, f" {first_word(m)}"), encode(tok, "\n")
+
     units = []
     for m in msgs:
-        units += [[user], encode(tok, f" {m}\n"), [ai], encode(tok, f" {cfg.marker} {first_word(m)}\n")]
+        units += [[user], encode(tok, f" {m}\n"), [ai], sum(reply(m), [])]
     if shuffled:
         rng.shuffle(units)  # same tags, messages and replies; no dialogue structure left
     tokens, checkpoints = [bos], {0: 1}
@@ -131,7 +144,11 @@ def template_stream(tok, cfg: Config, seed: int, shuffled: bool = False) -> Prob
         if (i + 1) % 4 == 0:
             checkpoints[(i + 1) // 4] = len(tokens)
     want = set(counts(cfg.max_dialogues))
-    probes = [([user] + encode(tok, f" {m}\n"), [ai] + encode(tok, f" {cfg.marker} {first_word(m)}\n")) for m in held]
+    probes = []
+    for m in held:
+        mark, word, end = reply(m)
+        probes.append(Probe([user] + encode(tok, f" {m}\n"), [ai] + mark + word + end,
+                            {"marker": (1, 1 + len(mark)), "copy": (1 + len(mark), 1 + len(mark) + len(word))}))
     return ProbeStream(tokens, {k: v for k, v in checkpoints.items() if k in want}, tok.decode(tokens), probes,
                        held, {"dialogues": cfg.max_dialogues, "user_tags": cfg.max_dialogues,
                               "ai_tags": cfg.max_dialogues})
@@ -176,30 +193,40 @@ def drift_stream(tok, cfg: Config, seed: int, shuffled: bool = False) -> ProbeSt
     for s in held:  # ask at the first trigger: is the rule's next word the greedy continuation?
         m = trig.search(s)
         if cfg.placement == "after":
-            probes.append((encode(tok, " " + s[:m.end()]), encode(tok, f" {cfg.drift_marker}")))
+            probes.append(Probe(encode(tok, " " + s[:m.end()]), encode(tok, f" {cfg.drift_marker}")))
         else:
-            probes.append((encode(tok, " " + s[:m.start()] + cfg.drift_marker), encode(tok, f" {cfg.trigger}")))
+            probes.append(Probe(encode(tok, " " + s[:m.start()] + cfg.drift_marker), encode(tok, f" {cfg.trigger}")))
     return ProbeStream(tokens, checkpoints, text, probes, held,
                        {"rule_occurrences": occ, "pre_rule_sentences": cfg.pre_sentences})
 
 
-def measure(lm, state, probes: list[tuple[list[int], list[int]]]) -> dict[str, float]:
-    """Over held-out (context, continuation): first-token argmax rate, full greedy match rate, greedy
-    match rate of the rest given the first (the template's reply after [AI]), mean log p per token."""
+def measure(lm, state, probes: list[Probe]) -> dict[str, float]:
+    """Over held-out probes: first-token argmax rate, full greedy match rate, greedy match rate of the
+    rest given the first (the template's reply after [AI]), mean log p per token; and for each named
+    part, its greedy match rate (``PART_rate``) and mean log p per token (``PART_logp``)."""
     first = full = rest = 0
     lp_sum = n_tok = 0.0
-    for ctx_ids, cont in probes:
-        s = read(lm, ctx_ids[:-1], copy_state(state)) if len(ctx_ids) > 1 else copy_state(state)
-        seq = torch.tensor(ctx_ids[-1:] + cont, dtype=torch.long).view(1, -1)
+    parts: dict[str, list[float]] = {}
+    for p in probes:
+        s = read(lm, p.context[:-1], copy_state(state)) if len(p.context) > 1 else copy_state(state)
+        seq = torch.tensor(p.context[-1:] + p.continuation, dtype=torch.long).view(1, -1)
         lp, hit, _ = score_targets(lm, seq[:, :-1], seq[:, 1:], s)
         first += bool(hit[0, 0])
         full += bool(hit[0].all())
         rest += bool(hit[0, 1:].all())
         lp_sum += float(lp.sum())
         n_tok += lp.numel()
+        for name, (a, b) in p.parts.items():
+            acc = parts.setdefault(name, [0.0, 0.0, 0.0])  # hits, log p, tokens
+            acc[0] += bool(hit[0, a:b].all())
+            acc[1] += float(lp[0, a:b].sum())
+            acc[2] += b - a
     n = len(probes)
-    return {"first_token_rate": first / n, "match_rate": full / n, "rest_match_rate": rest / n,
-            "logp_per_token": lp_sum / n_tok}
+    out = {"first_token_rate": first / n, "match_rate": full / n, "rest_match_rate": rest / n,
+           "logp_per_token": lp_sum / n_tok}
+    for name, (hits, lp, toks) in parts.items():
+        out[f"{name}_rate"], out[f"{name}_logp"] = hits / n, lp / toks
+    return out
 
 
 def curve(lm, stream: ProbeStream, progress: bool, desc: str) -> dict[int, dict[str, float]]:
@@ -227,7 +254,9 @@ def run(ctx: Context, cfg: Config) -> dict:
                 res[probe]["curves"][f"{mname}/{sname}"] = curve(lm, st, ctx.progress, f"{probe} {mname}/{sname}")
         if probe == "template":
             shown = {"first_token_rate": "next token is [AI]", "rest_match_rate": "greedy reply follows the template",
-                     "logp_per_token": "log p([AI] + template reply) per token"}
+                     "marker_rate": f"greedy fixed word '{cfg.marker}' after [AI]",
+                     "copy_rate": "greedy copied word after the fixed word",
+                     "marker_logp": f"log p('{cfg.marker}') per token", "copy_logp": "log p(copied word) per token"}
         else:
             shown = {"match_rate": f"greedy '{cfg.drift_marker}' after '{cfg.trigger}'",
                      "logp_per_token": f"log p('{cfg.drift_marker}') per token"}

@@ -11,6 +11,8 @@ from .runner import Run, make_config, run_experiment
 # name -> module, imported when asked for
 EXPERIMENTS = {
     "mqar": "plasticlm.experiments.mqar",
+    "bptt": "plasticlm.experiments.bptt",
+    "reading": "plasticlm.experiments.reading",
 }
 
 __all__ = ["EXPERIMENTS", "Run", "make_config", "run_experiment"]

@@ -8,7 +8,9 @@ rewritten (atomically) with the run's record, and ``results.md`` and the PNG plo
 so a crash keeps every finished run and the same command resumes where it stopped. A results
 file made with another config is never mixed with: the command refuses and says so.
 
-Scratch files of runs (trainer checkpoints, metrics) go under ``OUT/work/`` (not committed).
+Scratch files of runs (trainer checkpoints, metrics) go under ``OUT/work/`` (not committed). An
+unfinished run starts over, unless its experiment sets ``RESUMES_RUNS`` (its runs resume from
+their trainer checkpoints).
 """
 from __future__ import annotations
 
@@ -61,8 +63,9 @@ def make_config(name: str, quick: bool = False, overrides: list[str] | None = No
     return from_dict(mod.Config, data, name)
 
 
-def _execute(name: str, cfg_dict: dict, run: dict, device: str, work: str, threads: int) -> dict:
-    """One run, in this process or a worker's (everything it takes is plain data)."""
+def _execute(name: str, cfg_dict: dict, run: dict, device: str, work: str, threads: int, commit: str) -> dict:
+    """One run, in this process or a worker's (everything it takes is plain data). ``commit`` is
+    the source tree's at launch: the code a worker imports is the code of that moment."""
     import torch
 
     if threads:
@@ -71,14 +74,14 @@ def _execute(name: str, cfg_dict: dict, run: dict, device: str, work: str, threa
     cfg = from_dict(mod.Config, cfg_dict, name)
     r = Run(run["id"], run["params"])
     d = Path(work) / r.id.replace("/", "_")
-    if d.exists():  # an unfinished attempt: start the run over
+    if d.exists() and not getattr(mod, "RESUMES_RUNS", False):  # an unfinished attempt: start over
         shutil.rmtree(d)
     t0 = time.perf_counter()
     record = mod.execute(cfg, r, device, d)
     shutil.rmtree(d, ignore_errors=True)
     meta = provenance(device)
     return {"id": r.id, **record, "params": r.params, "seconds": round(time.perf_counter() - t0, 1),
-            "date": meta["date"], "commit": meta["commit"], "device": meta["device"]}
+            "date": meta["date"], "commit": commit, "device": meta["device"]}
 
 
 def _write(out: Path, doc: dict, mod, cfg) -> None:
@@ -124,6 +127,7 @@ def run_experiment(name: str, *, device: str = "cpu", quick: bool = False, out: 
     import torch
 
     doc["provenance"] = provenance(device, command)
+    commit = doc["provenance"]["commit"]
     doc["planned_runs"] = len(runs)
     todo = [r for r in runs if r.id not in doc["runs"]]
     work = out / "work"
@@ -141,12 +145,12 @@ def run_experiment(name: str, *, device: str = "cpu", quick: bool = False, out: 
     try:
         if jobs <= 1:
             for r in todo:
-                done(_execute(name, cfg_dict, dataclasses.asdict(r), device, str(work), threads))
+                done(_execute(name, cfg_dict, dataclasses.asdict(r), device, str(work), threads, commit))
         else:
             ctx = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-                pending = {pool.submit(_execute, name, cfg_dict, dataclasses.asdict(r), device, str(work), threads)
-                           for r in todo}
+                pending = {pool.submit(_execute, name, cfg_dict, dataclasses.asdict(r), device, str(work), threads,
+                                       commit) for r in todo}
                 while pending:
                     finished, pending = wait(pending, return_when=FIRST_COMPLETED)
                     for f in finished:

@@ -1,0 +1,194 @@
+"""E2: does exact BPTT through the whole sequence beat truncation, as the trainer's design claims?
+
+Task: gap recall (:func:`plasticlm.data.recall.gap_recall`): key-value pairs, ``gap`` random
+filler tokens, then every key again; only the recalled values are scored, so learning needs a
+gradient that reaches back over the gap. Two arms train the same model on the same sequences:
+
+- **exact**: ``bptt: whole``, one optimizer step per batch of whole sequences, exact segment
+  BPTT (segments of ``segment_len``) through every token;
+- **window**: ``bptt: window``, what the recipes did before: each sequence cut into windows of
+  ``window`` tokens, the state carried detached from one to the next, one optimizer step per
+  window (the windows without scored tokens only carry the state: no step).
+
+Both see every token and have one optimizer update per batch of sequences; the window arm's
+gradients stop at window edges. The design predicts: exact learns at gaps > window, the window
+arm stays near chance there. Each (memory, arm, gap) runs with several seeds.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+from ..config import ModelConfig
+from ..data.recall import RecallConfig
+from ..eval.mqar import accuracy
+from .runner import Run
+
+QUESTION = ("Does exact backpropagation through the whole sequence let the memory learn a recall across "
+            "gaps longer than a truncation window, where truncated BPTT (the state detached every W tokens) "
+            "cannot?")
+
+
+@dataclass
+class Config:
+    gaps: list[int] = field(default_factory=lambda: [256, 1024, 4096])
+    window: int = 256
+    """W of the truncated arm."""
+    segment_len: int = 64
+    pairs: int = 4
+    vocab: int = 255
+    """Task vocabulary: keys, values and fillers take a third each."""
+    fillers: int = 0
+    """Distinct filler tokens in the gap (0: the whole third; 1: one token repeated)."""
+    memories: list[str] = field(default_factory=lambda: ["gated_average", "decay"])
+    arms: list[str] = field(default_factory=lambda: ["exact", "window"])
+    design: dict = field(default_factory=lambda: {"short_conv": 4, "bias_correction": True})
+    """plasticlm options (bias_correction only for the gated average)."""
+    d_model: int = 64
+    n_layers: int = 2
+    head_dim: int = 32
+    batch_size: int = 16
+    steps: int = 400
+    """Optimizer updates at most (batches of whole sequences)."""
+    lr: float = 3e-3
+    warmup_steps: int = 40
+    eval_every: int = 50
+    test_examples: int = 256
+    target: float = 0.99
+    """Stop once the test accuracy reaches this."""
+    seeds: list[int] = field(default_factory=lambda: [0, 1])
+
+    @classmethod
+    def quick(cls) -> "Config":
+        return cls(gaps=[16, 48], window=32, segment_len=8, pairs=2, vocab=30, d_model=32, head_dim=16,
+                   batch_size=4, steps=3, warmup_steps=1, eval_every=3, test_examples=8, seeds=[0])
+
+    def __post_init__(self) -> None:
+        bad = sorted(set(self.arms) - {"exact", "window"}) + sorted(set(self.memories) - {"gated_average", "decay",
+                                                                                          "linear"})
+        if bad:
+            raise ValueError(f"bptt experiment: unknown arms or memories {bad}")
+
+    def task(self, gap: int) -> RecallConfig:
+        return RecallConfig(task="gap_recall", pairs=[self.pairs], vocab=self.vocab, gap=gap, fillers=self.fillers)
+
+
+def plan(cfg: Config) -> list[Run]:
+    return [Run(f"{m}/{arm}/gap{g}/seed{s}", {"memory": m, "arm": arm, "gap": g, "seed": s})
+            for s in cfg.seeds for g in cfg.gaps for m in cfg.memories for arm in cfg.arms]
+
+
+def model_config(cfg: Config, memory: str) -> ModelConfig:
+    design = dict(cfg.design)
+    if memory != "gated_average":
+        design.pop("bias_correction", None)
+    return ModelConfig(vocab_size=272, d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.d_model // cfg.head_dim,
+                       memory=memory, reversible=False, **design)
+
+
+def execute(cfg: Config, run: Run, device: str, work: Path) -> dict:
+    from ..trainer.config import CheckpointConfig, DataConfig, LogConfig, OptimConfig, TrainConfig
+    from ..trainer.loop import Trainer
+
+    p = run.params
+    task = cfg.task(p["gap"])
+    length = task.length(0)
+    windows = -(-length // cfg.window) if p["arm"] == "window" else 1  # trainer steps per batch of sequences
+    tc = TrainConfig(
+        arch="plasticlm", model=model_config(cfg, p["memory"]), seed=p["seed"], device=device, out_dir=str(work),
+        steps=cfg.steps * windows, segment_len=cfg.segment_len, bptt="whole" if p["arm"] == "exact" else "window",
+        window=cfg.window,
+        data=DataConfig(kind="gap_recall", seq_len=length, batch_size=cfg.batch_size,
+                        options={"pairs": [cfg.pairs], "vocab": cfg.vocab, "gap": p["gap"], "fillers": cfg.fillers}),
+        optim=OptimConfig(lr=cfg.lr, warmup_steps=cfg.warmup_steps * windows),
+        checkpoint=CheckpointConfig(every=0, resume=False),
+        log=LogConfig(every=windows, tensorboard="disabled", eval_every=cfg.eval_every * windows),
+        eval_tokens=cfg.batch_size * length)
+    x, y = task.sample(cfg.test_examples, 0, cfg.pairs, [p["seed"], 7919])
+    curve: list[dict] = []
+    trainer = None
+
+    def on_eval(step: int, valid: float) -> bool:
+        acc = accuracy(trainer.model, {"test": (x, y)}, batch=16)["test"]
+        curve.append({"update": step // windows, "valid_loss": valid, "accuracy": acc})
+        return acc >= cfg.target
+
+    trainer = Trainer(tc, progress=False, on_eval=on_eval)
+    summary = trainer.run()
+    from ..trainer.metrics import read_metrics
+
+    losses = [(r["step"] // windows, r["loss"]) for r in read_metrics(work) if r.get("loss") is not None]
+    return {"accuracy": curve[-1]["accuracy"], "updates": summary["steps"] // windows,
+            "reached_target": summary["stopped_early"], "curve": curve, "train_loss": losses,
+            "sequence_tokens": length, "chance": 1 / (cfg.vocab // 3), "tok_s": summary["tok_s"]}
+
+
+def headline(record: dict) -> str:
+    return f"acc {record['accuracy']:.3f} after {record['updates']} updates"
+
+
+def report(cfg: Config, records: list[dict], out: Path | None) -> str:
+    import statistics
+
+    by = {}
+    for r in records:
+        p = r["params"]
+        by.setdefault((p["memory"], p["arm"], p["gap"]), []).append(r)
+    chance = 1 / (cfg.vocab // 3)
+    lines = [f"Task: {cfg.pairs} key-value pairs, a gap of random fillers, then the {cfg.pairs} queries "
+             f"(chance {chance:.3f}); d_model {cfg.d_model}, {cfg.n_layers} layers, design {cfg.design}; batch "
+             f"{cfg.batch_size} sequences, at most {cfg.steps} updates, lr {cfg.lr}, segments of {cfg.segment_len}; "
+             f"the window arm detaches the state every {cfg.window} tokens.", "",
+             "| memory | arm | gap | test accuracy (each seed) | mean | updates (each seed) |",
+             "|---|---|---:|---|---:|---|"]
+    for (m, arm, g), rs in sorted(by.items(), key=lambda kv: (kv[0][0], kv[0][2], kv[0][1])):
+        rs = sorted(rs, key=lambda r: r["params"]["seed"])
+        accs = [r["accuracy"] for r in rs]
+        lines.append(f"| {m} | {arm} | {g} | {', '.join(f'{a:.3f}' for a in accs)} | "
+                     f"{statistics.mean(accs):.3f} | {', '.join(str(r['updates']) for r in rs)} |")
+    if out is not None and records:
+        lines += ["", *plots(cfg, by, out)]
+    return "\n".join(lines) + "\n"
+
+
+def plots(cfg: Config, by: dict, out: Path) -> list[str]:
+    from ..eval.results import pyplot
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for m in cfg.memories:
+        for arm, style in (("exact", "-"), ("window", "--")):
+            gs = [g for g in cfg.gaps if (m, arm, g) in by]
+            if not gs:
+                continue
+            accs = [[r["accuracy"] for r in by[(m, arm, g)]] for g in gs]
+            mean = [sum(a) / len(a) for a in accs]
+            line, = ax.plot(gs, mean, style, marker="o", label=f"{m}, {arm}")
+            for g, a in zip(gs, accs):
+                ax.scatter([g] * len(a), a, s=10, color=line.get_color(), alpha=0.5)
+    ax.axvline(cfg.window, color="gray", lw=0.8, ls=":")
+    ax.annotate(f"window W={cfg.window}", (cfg.window, 0.5), fontsize=7, color="gray", rotation=90)
+    ax.axhline(1 / (cfg.vocab // 3), color="gray", lw=0.8, ls="--")
+    ax.set(xscale="log", xlabel="gap (tokens between the pairs and the queries)", ylabel="test recall accuracy",
+           title="Exact BPTT against truncation", ylim=(-0.02, 1.02))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "accuracy_vs_gap.png", dpi=110)
+    plt.close(fig)
+    fig, axes = plt.subplots(1, len(cfg.gaps), figsize=(4.2 * len(cfg.gaps), 3.6), squeeze=False)
+    for ax, g in zip(axes[0], cfg.gaps):
+        for m in cfg.memories:
+            for arm, style in (("exact", "-"), ("window", "--")):
+                for r in by.get((m, arm, g), []):
+                    c = r["curve"]
+                    ax.plot([q["update"] for q in c], [q["accuracy"] for q in c], style, lw=1,
+                            label=f"{m}, {arm}" if r["params"]["seed"] == cfg.seeds[0] else None)
+        ax.set(xlabel="optimizer update", ylabel="test accuracy", title=f"gap {g}", ylim=(-0.02, 1.02))
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(out / "accuracy_curves.png", dpi=110)
+    plt.close(fig)
+    return ["![accuracy_vs_gap.png](accuracy_vs_gap.png)", "![accuracy_curves.png](accuracy_curves.png)"]
