@@ -62,6 +62,12 @@ def pyplot():
     return plt
 
 
+def legend(ax, **kwargs) -> None:
+    """A legend, when the axes have labelled artists (a plot redrawn after each run may have none yet)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**kwargs)
+
+
 def bar_plot(path: Path, groups: dict[str, dict[str, float | None]], ylabel: str, title: str) -> str:
     """Grouped bars: groups = {metric: {system: value}}; returns the file name."""
     plt = pyplot()

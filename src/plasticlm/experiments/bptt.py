@@ -13,6 +13,13 @@ gradient that reaches back over the gap. Two arms train the same model on the sa
 Both see every token and have one optimizer update per batch of sequences; the window arm's
 gradients stop at window edges. The design predicts: exact learns at gaps > window, the window
 arm stays near chance there. Each (memory, arm, gap) runs with several seeds.
+
+Recall itself is slow to learn at these widths (a long plateau, as Zoology's MQAR shows), far
+slower than a CPU can afford at gaps of thousands of tokens. So every run starts from one warm
+start per memory and seed: the model trained to recall across a short gap (``warm_gap``, within
+one window, where the two arms are the same), saved, then trained further at gap G by each arm.
+The accuracy at gap G before that training (what the warm start already carries that far) is
+reported beside the accuracy after it.
 """
 from __future__ import annotations
 
@@ -49,20 +56,26 @@ class Config:
     n_layers: int = 2
     head_dim: int = 32
     batch_size: int = 16
-    steps: int = 400
-    """Optimizer updates at most (batches of whole sequences)."""
+    steps: int = 200
+    """Optimizer updates at most (batches of whole sequences) at gap G."""
     lr: float = 3e-3
-    warmup_steps: int = 40
-    eval_every: int = 50
+    warmup_steps: int = 20
+    eval_every: int = 25
     test_examples: int = 256
     target: float = 0.99
     """Stop once the test accuracy reaches this."""
+    warm_gap: int = 16
+    warm_batch_size: int = 64
+    warm_steps: int = 3000
+    warm_target: float = 0.9
+    """The warm start trains until this test accuracy at warm_gap (or warm_steps)."""
     seeds: list[int] = field(default_factory=lambda: [0, 1])
 
     @classmethod
     def quick(cls) -> "Config":
         return cls(gaps=[16, 48], window=32, segment_len=8, pairs=2, vocab=30, d_model=32, head_dim=16,
-                   batch_size=4, steps=3, warmup_steps=1, eval_every=3, test_examples=8, seeds=[0])
+                   batch_size=4, steps=3, warmup_steps=1, eval_every=3, test_examples=8, warm_gap=4,
+                   warm_batch_size=4, warm_steps=3, seeds=[0])
 
     def __post_init__(self) -> None:
         bad = sorted(set(self.arms) - {"exact", "window"}) + sorted(set(self.memories) - {"gated_average", "decay",
@@ -75,8 +88,22 @@ class Config:
 
 
 def plan(cfg: Config) -> list[Run]:
-    return [Run(f"{m}/{arm}/gap{g}/seed{s}", {"memory": m, "arm": arm, "gap": g, "seed": s})
-            for s in cfg.seeds for g in cfg.gaps for m in cfg.memories for arm in cfg.arms]
+    runs = []
+    for s in cfg.seeds:
+        for m in cfg.memories:
+            runs.append(Run(f"{m}/warm/seed{s}", {"memory": m, "arm": "warm", "gap": cfg.warm_gap, "seed": s}))
+    for s in cfg.seeds:
+        for g in cfg.gaps:
+            for m in cfg.memories:
+                for arm in cfg.arms:
+                    runs.append(Run(f"{m}/{arm}/gap{g}/seed{s}", {"memory": m, "arm": arm, "gap": g, "seed": s},
+                                    needs=[f"{m}/warm/seed{s}"]))
+    return runs
+
+
+def warm_dir(work: Path, memory: str, seed: int) -> Path:
+    """Where the warm start of (memory, seed) is saved: shared by the runs that start from it."""
+    return work.parent / "shared" / f"warm-{memory}-seed{seed}"
 
 
 def model_config(cfg: Config, memory: str) -> ModelConfig:
@@ -91,41 +118,51 @@ def execute(cfg: Config, run: Run, device: str, work: Path) -> dict:
     from ..trainer.config import CheckpointConfig, DataConfig, LogConfig, OptimConfig, TrainConfig
     from ..trainer.loop import Trainer
 
+    from ..checkpoint import save_model
+    from ..tokenizer import ByteTokenizer
+
     p = run.params
+    warm = p["arm"] == "warm"
     task = cfg.task(p["gap"])
     length = task.length(0)
     windows = -(-length // cfg.window) if p["arm"] == "window" else 1  # trainer steps per batch of sequences
+    steps, batch = (cfg.warm_steps, cfg.warm_batch_size) if warm else (cfg.steps, cfg.batch_size)
+    start = warm_dir(work, p["memory"], p["seed"])
     tc = TrainConfig(
         arch="plasticlm", model=model_config(cfg, p["memory"]), seed=p["seed"], device=device, out_dir=str(work),
-        steps=cfg.steps * windows, segment_len=cfg.segment_len, bptt="whole" if p["arm"] == "exact" else "window",
+        steps=steps * windows, segment_len=cfg.segment_len, bptt="window" if p["arm"] == "window" else "whole",
         window=cfg.window,
-        data=DataConfig(kind="gap_recall", seq_len=length, batch_size=cfg.batch_size,
+        data=DataConfig(kind="gap_recall", seq_len=length, batch_size=batch,
                         options={"pairs": [cfg.pairs], "vocab": cfg.vocab, "gap": p["gap"], "fillers": cfg.fillers}),
         optim=OptimConfig(lr=cfg.lr, warmup_steps=cfg.warmup_steps * windows),
-        checkpoint=CheckpointConfig(every=0, resume=False),
+        checkpoint=CheckpointConfig(every=0, resume=False, init_from="" if warm else str(start)),
         log=LogConfig(every=windows, tensorboard="disabled", eval_every=cfg.eval_every * windows),
-        eval_tokens=cfg.batch_size * length)
+        eval_tokens=batch * length)
     x, y = task.sample(cfg.test_examples, 0, cfg.pairs, [p["seed"], 7919])
+    target = cfg.warm_target if warm else cfg.target
     curve: list[dict] = []
     trainer = None
 
     def on_eval(step: int, valid: float) -> bool:
         acc = accuracy(trainer.model, {"test": (x, y)}, batch=16)["test"]
         curve.append({"update": step // windows, "valid_loss": valid, "accuracy": acc})
-        return acc >= cfg.target
+        return acc >= target
 
     trainer = Trainer(tc, progress=False, on_eval=on_eval)
+    before = accuracy(trainer.model, {"test": (x, y)}, batch=16)["test"]
     summary = trainer.run()
+    if warm:
+        save_model(start, trainer.model, ByteTokenizer())
     from ..trainer.metrics import read_metrics
 
     losses = [(r["step"] // windows, r["loss"]) for r in read_metrics(work) if r.get("loss") is not None]
-    return {"accuracy": curve[-1]["accuracy"], "updates": summary["steps"] // windows,
+    return {"accuracy_before": before, "accuracy": curve[-1]["accuracy"], "updates": summary["steps"] // windows,
             "reached_target": summary["stopped_early"], "curve": curve, "train_loss": losses,
             "sequence_tokens": length, "chance": 1 / (cfg.vocab // 3), "tok_s": summary["tok_s"]}
 
 
 def headline(record: dict) -> str:
-    return f"acc {record['accuracy']:.3f} after {record['updates']} updates"
+    return f"acc {record['accuracy_before']:.3f} -> {record['accuracy']:.3f} after {record['updates']} updates"
 
 
 def report(cfg: Config, records: list[dict], out: Path | None) -> str:
@@ -136,24 +173,27 @@ def report(cfg: Config, records: list[dict], out: Path | None) -> str:
         p = r["params"]
         by.setdefault((p["memory"], p["arm"], p["gap"]), []).append(r)
     chance = 1 / (cfg.vocab // 3)
-    lines = [f"Task: {cfg.pairs} key-value pairs, a gap of random fillers, then the {cfg.pairs} queries "
-             f"(chance {chance:.3f}); d_model {cfg.d_model}, {cfg.n_layers} layers, design {cfg.design}; batch "
-             f"{cfg.batch_size} sequences, at most {cfg.steps} updates, lr {cfg.lr}, segments of {cfg.segment_len}; "
-             f"the window arm detaches the state every {cfg.window} tokens.", "",
-             "| memory | arm | gap | test accuracy (each seed) | mean | updates (each seed) |",
+    fill = {0: "random fillers", 1: "one filler token repeated"}.get(cfg.fillers, f"{cfg.fillers} filler tokens")
+    lines = [f"Task: {cfg.pairs} key-value pairs, a gap of {fill}, then the {cfg.pairs} queries (chance "
+             f"{chance:.3f}); d_model {cfg.d_model}, {cfg.n_layers} layers, design {cfg.design}. Warm start: gap "
+             f"{cfg.warm_gap}, batch {cfg.warm_batch_size}, until accuracy {cfg.warm_target} or {cfg.warm_steps} "
+             f"updates. Then batch {cfg.batch_size} sequences, at most {cfg.steps} updates, lr {cfg.lr}, segments of "
+             f"{cfg.segment_len}; the window arm detaches the state every {cfg.window} tokens.", "",
+             "| memory | arm | gap | accuracy before -> after (each seed) | mean after | updates (each seed) |",
              "|---|---|---:|---|---:|---|"]
-    for (m, arm, g), rs in sorted(by.items(), key=lambda kv: (kv[0][0], kv[0][2], kv[0][1])):
+    for (m, arm, g), rs in sorted(by.items(), key=lambda kv: (kv[0][0], kv[0][2], kv[0][1] != "warm", kv[0][1])):
         rs = sorted(rs, key=lambda r: r["params"]["seed"])
         accs = [r["accuracy"] for r in rs]
-        lines.append(f"| {m} | {arm} | {g} | {', '.join(f'{a:.3f}' for a in accs)} | "
-                     f"{statistics.mean(accs):.3f} | {', '.join(str(r['updates']) for r in rs)} |")
+        pairs = ", ".join(f"{r['accuracy_before']:.3f} -> {r['accuracy']:.3f}" for r in rs)
+        lines.append(f"| {m} | {arm} | {g} | {pairs} | {statistics.mean(accs):.3f} | "
+                     f"{', '.join(str(r['updates']) for r in rs)} |")
     if out is not None and records:
         lines += ["", *plots(cfg, by, out)]
     return "\n".join(lines) + "\n"
 
 
 def plots(cfg: Config, by: dict, out: Path) -> list[str]:
-    from ..eval.results import pyplot
+    from ..eval.results import legend, pyplot
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
@@ -173,7 +213,7 @@ def plots(cfg: Config, by: dict, out: Path) -> list[str]:
     ax.set(xscale="log", xlabel="gap (tokens between the pairs and the queries)", ylabel="test recall accuracy",
            title="Exact BPTT against truncation", ylim=(-0.02, 1.02))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    legend(ax, fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "accuracy_vs_gap.png", dpi=110)
     plt.close(fig)
@@ -187,7 +227,7 @@ def plots(cfg: Config, by: dict, out: Path) -> list[str]:
                             label=f"{m}, {arm}" if r["params"]["seed"] == cfg.seeds[0] else None)
         ax.set(xlabel="optimizer update", ylabel="test accuracy", title=f"gap {g}", ylim=(-0.02, 1.02))
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=6)
+    legend(axes[0][0], fontsize=6)
     fig.tight_layout()
     fig.savefig(out / "accuracy_curves.png", dpi=110)
     plt.close(fig)

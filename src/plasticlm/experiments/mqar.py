@@ -11,8 +11,8 @@ training and tested apart, a learning-rate sweep, early stop at 0.99. Two groups
 - **ablation**: the plain gated average at one width, one change at a time from the design as
   it stood before this experiment (no convolution, no bias correction, half-lives 2..1e5).
 
-Runs go learning rate by learning rate (the middle one first), widest model first, so a partial
-result already answers the acceptance question.
+Runs go width by width (the acceptance's first), the ablation after the first width, so a
+partial result already answers the most important question.
 """
 from __future__ import annotations
 
@@ -94,17 +94,26 @@ def model_spec(cfg: Config, name: str, d: int, options: dict | None = None) -> t
 
 
 def plan(cfg: Config) -> list[Run]:
+    """The first width's models at every learning rate (the acceptance), then the ablation, then
+    the other widths: a partial result answers the most important question first."""
     runs = []
+    lrs = cfg.protocol.lrs
     for seed in cfg.seeds:
-        for lr in cfg.protocol.lrs:
-            for d in cfg.d_models:
-                for m in cfg.models:
-                    runs.append(Run(f"models/{m}/d{d}/lr{lr:g}/seed{seed}",
-                                    {"group": "models", "model": m, "d_model": d, "lr": lr, "seed": seed}))
+        for lr in lrs:
+            for m in cfg.models:
+                d = cfg.d_models[0]
+                runs.append(Run(f"models/{m}/d{d}/lr{lr:g}/seed{seed}",
+                                {"group": "models", "model": m, "d_model": d, "lr": lr, "seed": seed}))
+        for lr in lrs:
             for a in cfg.ablations:
                 runs.append(Run(f"ablation/{a}/d{cfg.ablation_d_model}/lr{lr:g}/seed{seed}",
                                 {"group": "ablation", "model": a, "d_model": cfg.ablation_d_model, "lr": lr,
                                  "seed": seed}))
+        for d in cfg.d_models[1:]:
+            for lr in lrs:
+                for m in cfg.models:
+                    runs.append(Run(f"models/{m}/d{d}/lr{lr:g}/seed{seed}",
+                                    {"group": "models", "model": m, "d_model": d, "lr": lr, "seed": seed}))
     return runs
 
 
@@ -205,7 +214,7 @@ def report(cfg: Config, records: list[dict], out: Path | None) -> str:
 
 
 def plots(cfg: Config, best: dict, abl: dict, out: Path) -> list[str]:
-    from ..eval.results import pyplot
+    from ..eval.results import legend, pyplot
 
     plt = pyplot()
     pairs = [str(p) for p in cfg.protocol.num_kv_pairs]
@@ -219,7 +228,7 @@ def plots(cfg: Config, best: dict, abl: dict, out: Path) -> list[str]:
         ax.set(xscale="log", xlabel="state size (scalars after reading a sequence)", ylabel="test accuracy",
                title=f"MQAR, T={cfg.protocol.seq_len}, {p} pairs", ylim=(-0.02, 1.02))
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+    legend(axes[0][0], fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "accuracy_vs_state_size.png", dpi=110)
     plt.close(fig)
@@ -237,7 +246,7 @@ def plots(cfg: Config, best: dict, abl: dict, out: Path) -> list[str]:
     ax.set(xlabel="step", ylabel="train loss (value positions)", title=f"MQAR training loss, d_model {d}",
            ylim=(0, math.log(cfg.protocol.vocab) + 0.5))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    legend(ax, fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "loss_curves.png", dpi=110)
     plt.close(fig)

@@ -235,7 +235,7 @@ def report(cfg: Config, records: list[dict], out: Path | None) -> str:
 
 
 def plots(cfg: Config, recs: list[dict], out: Path) -> list[str]:
-    from ..eval.results import pyplot
+    from ..eval.results import legend, pyplot
 
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -254,7 +254,7 @@ def plots(cfg: Config, recs: list[dict], out: Path) -> list[str]:
                 title=f"Loss by position (training length {cfg.seq_len})")
     for ax in axes:
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        legend(ax, fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "induction_and_positions.png", dpi=110)
     plt.close(fig)
@@ -270,7 +270,7 @@ def plots(cfg: Config, recs: list[dict], out: Path) -> list[str]:
                         label=f"{r['params']['model']} {c}")
         ax.set(xscale="log", xlabel="occurrences / dialogues read", ylabel="rate", title=title, ylim=(-0.02, 1.02))
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=6)
+    legend(axes[0][0], fontsize=6)
     fig.tight_layout()
     fig.savefig(out / "probes.png", dpi=110)
     plt.close(fig)

@@ -42,6 +42,8 @@ class Run:
     id: str
     """Stable and unique within the experiment (e.g. 'gated_average/d128/lr0.003/seed0')."""
     params: dict[str, Any]
+    needs: list[str] = dataclasses.field(default_factory=list)
+    """Runs that must finish first (their artifacts, under OUT/work/shared, are this one's inputs)."""
 
 
 def experiment_module(name: str):
@@ -72,7 +74,7 @@ def _execute(name: str, cfg_dict: dict, run: dict, device: str, work: str, threa
         torch.set_num_threads(threads)
     mod = experiment_module(name)
     cfg = from_dict(mod.Config, cfg_dict, name)
-    r = Run(run["id"], run["params"])
+    r = Run(run["id"], run["params"], run.get("needs", []))
     d = Path(work) / r.id.replace("/", "_")
     if d.exists() and not getattr(mod, "RESUMES_RUNS", False):  # an unfinished attempt: start over
         shutil.rmtree(d)
@@ -110,6 +112,9 @@ def run_experiment(name: str, *, device: str = "cpu", quick: bool = False, out: 
     ids = [r.id for r in runs]
     if len(set(ids)) != len(ids):
         raise RuntimeError(f"experiment {name}: run ids are not unique")
+    for i, r in enumerate(runs):
+        if not set(r.needs) <= set(ids[:i]):
+            raise RuntimeError(f"experiment {name}: run {r.id} needs runs planned after it: {r.needs}")
     cfg_dict = jsonable(dataclasses.asdict(cfg))
     path = out / "results.json"
     doc = {"experiment": name, "question": mod.QUESTION, "config": cfg_dict, "runs": {}}
@@ -149,9 +154,16 @@ def run_experiment(name: str, *, device: str = "cpu", quick: bool = False, out: 
         else:
             ctx = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-                pending = {pool.submit(_execute, name, cfg_dict, dataclasses.asdict(r), device, str(work), threads,
-                                       commit) for r in todo}
-                while pending:
+                waiting, pending = list(todo), set()
+                while waiting or pending:
+                    ready = [r for r in waiting if all(n in doc["runs"] for n in r.needs)]
+                    for r in ready[:max(0, jobs - len(pending))]:  # submit no more than can run: order kept
+                        waiting.remove(r)
+                        pending.add(pool.submit(_execute, name, cfg_dict, dataclasses.asdict(r), device, str(work),
+                                                threads, commit))
+                    if not pending:
+                        raise RuntimeError(f"experiment {name}: runs {[r.id for r in waiting]} wait on runs that "
+                                           "cannot finish")
                     finished, pending = wait(pending, return_when=FIRST_COMPLETED)
                     for f in finished:
                         done(f.result())
