@@ -7,12 +7,14 @@ import torch
 from plasticlm import ModelConfig, PlasticLM, State, segment_backward
 from plasticlm.trainer.segment import segment_loss
 
+BARE = dict(short_conv=0, bias_correction=False)  # each option alone, the others off
 OPTIONS = {
-    "conv": dict(short_conv=4),
-    "qk_norm": dict(qk_norm=True),
-    "bias": dict(bias_correction=True),
+    "conv": {**BARE, "short_conv": 4},
+    "qk_norm": {**BARE, "qk_norm": True},
+    "bias": {**BARE, "bias_correction": True},
     "all": dict(short_conv=3, qk_norm=True, bias_correction=True),
     "decay-conv": dict(memory="decay", short_conv=4),
+    "defaults": {},
 }
 
 

@@ -40,17 +40,19 @@ class ModelConfig:
     (its write weight 1 - a keeps a slow channel an average, bounded however long it reads), 512
     for 'decay' (write weight 1: a channel of half-life h sums about 1.44 h tokens, so it starts
     short, as Mamba-2's dt and A give half-lives of about 0.4-700 tokens and fla's GLA about 16)."""
-    short_conv: int = 0
+    short_conv: int = 4
     """Width of a causal depthwise convolution (then SiLU) over each layer's q, k and v, as in
     Mamba-2, Gated DeltaNet and Zoology's GLA; 0 for none. Its last w - 1 inputs are carried in
-    the State, so pieces and steps equal one call."""
+    the State, so pieces and steps equal one call. Default from E1's ablation (EXPERIMENTS.md):
+    without it the gated average stays at chance on MQAR."""
     qk_norm: bool = False
     """L2-normalise q and k per head (as DeltaNet and Gated DeltaNet) instead of scaling q by K^-0.5."""
-    bias_correction: bool = False
+    bias_correction: bool | None = None
     """'gated_average' only: read o_t = S_t^T q_t / (1 - prod_{s<=t} a_s) per key channel, as Adam
     corrects its moments, so every channel is a weighted average of what was written since the
     sequence began, however long its half-life (without it, a channel of half-life h holds about
-    t / (1.44 h) of its final weight after t tokens). prod a is carried in the State."""
+    t / (1.44 h) of its final weight after t tokens). prod a is carried in the State. None: on for
+    the gated average, off for the others (E1's ablation: it halves the steps to learn MQAR)."""
     norm_eps: float = 1e-6
     """Epsilon of every RMSNorm."""
     init_std: float = 0.02
@@ -85,10 +87,16 @@ class ModelConfig:
                  f">= min_half_life={self.min_half_life} (0 means {self.longest_half_life:g} for memory={self.memory!r})")
         _require(self, "short_conv", _is_int(self.short_conv) and self.short_conv >= 0 and self.short_conv != 1,
                  "0 (none) or a width >= 2")
-        for name in ("qk_norm", "bias_correction"):
-            _require(self, name, isinstance(getattr(self, name), bool), "a bool")
+        _require(self, "qk_norm", isinstance(self.qk_norm, bool), "a bool")
+        _require(self, "bias_correction", self.bias_correction is None or isinstance(self.bias_correction, bool),
+                 "a bool or None (on for the gated average)")
         _require(self, "bias_correction", not self.bias_correction or self.memory == "gated_average",
                  f"false unless memory='gated_average' (memory={self.memory!r})")
+
+    @property
+    def corrects_bias(self) -> bool:
+        """Whether the readout is divided by 1 - prod a (bias_correction, None resolved by memory)."""
+        return self.memory == "gated_average" if self.bias_correction is None else self.bias_correction
 
     @property
     def longest_half_life(self) -> float:

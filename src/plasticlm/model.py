@@ -68,7 +68,7 @@ class Memory(nn.Module):
         shapes = {"memory": (batch_size, c.n_heads, c.k_dim, c.v_dim)}
         if c.short_conv:
             shapes["conv"] = (batch_size, c.short_conv - 1, sum(self.split[:3]))
-        if c.bias_correction:
+        if c.corrects_bias:
             shapes["log_gate_prod"] = (batch_size, c.n_heads, c.k_dim)
         return shapes
 
@@ -95,7 +95,7 @@ class Memory(nn.Module):
             log_a = torch.zeros_like(k)
         else:
             log_a = F.logsigmoid(self.gate(x).to(torch.promote_types(x.dtype, torch.float32))).view(B, T, H, K)  # gates in >= fp32
-        if self.cfg.bias_correction:
+        if self.cfg.corrects_bias:
             log_prod = S["log_gate_prod"].unsqueeze(1) + log_a.cumsum(1)  # (B, T, H, K): log prod_{s<=t} a_s
             # 1 - prod a is the weight written so far; the clamp only guards a = 1 exactly.
             q = q / (-torch.expm1(log_prod)).clamp_min(1e-20)
@@ -323,7 +323,7 @@ class PlasticLM(nn.Module):
         if sorted(state.extra) != kinds:
             raise ValueError(f"state carries {sorted(state.extra) or 'memories only'}, this model's layers carry "
                              f"{kinds or 'memories only'} (short_conv={c.short_conv}, "
-                             f"bias_correction={c.bias_correction})")
+                             f"bias_correction={c.corrects_bias})")
         for i in range(c.n_layers):
             for kind, s in state.layer(i).items():
                 what = "layer" if kind == "memory" else kind

@@ -81,7 +81,7 @@ class ReadState:
     def checksum(self) -> str:
         """sha256 over every tensor byte and every field, so any change to the file is caught."""
         h = hashlib.sha256()
-        for s in self.state.layers:
+        for s in self.state.tensors():
             s = s.detach().cpu().contiguous()
             h.update(f"{s.dtype}{tuple(s.shape)}".encode())
             h.update(s.view(torch.uint8).numpy().tobytes())
@@ -195,9 +195,11 @@ class Reader:
         if rs.model_id != self.model_id:
             raise ValueError(f"{where}: the state was read by model {rs.model_id}, this checkpoint is "
                              f"{self.model_id}: a state only fits the model that read it")
-        want = [tuple(s.shape) for s in self.model.init_state(1).layers]
-        if [tuple(s.shape) for s in rs.state.layers] != want:
-            raise ValueError(f"{where}: state layers have shapes {[tuple(s.shape) for s in rs.state.layers]}, "
+        empty = self.model.init_state(1)
+        want = dict(zip(empty.names(), (tuple(s.shape) for s in empty.tensors())))
+        have = dict(zip(rs.state.names(), (tuple(s.shape) for s in rs.state.tensors())))
+        if have != want:
+            raise ValueError(f"{where}: state tensors have shapes {have}, "
                              f"the model expects {want}")
         if any(not 0 <= t < self.tokenizer.vocab_size for t in rs.pending):
             raise ValueError(f"{where}: pending token ids out of range [0, {self.tokenizer.vocab_size})")
@@ -322,7 +324,7 @@ class Reader:
         encoded = [self.encode(p, specials=True) for p in prompts]
         rows = [self._prefill(rs, ids) for ids in encoded]
         logits = torch.cat([r[0] for r in rows])  # (B, V)
-        S = State([torch.cat(layer) for layer in zip(*(r[1].layers for r in rows))])  # (B, H, K, V) each
+        S = State.cat([r[1] for r in rows])  # one row per prompt
         B, V = logits.shape
         seen = torch.zeros(B, V, dtype=torch.bool, device=self.device)
         for r, ids in enumerate(encoded):
@@ -347,7 +349,7 @@ class Reader:
                 if reason is not None:
                     emit(streams[r].finish())
                     # The token just sampled stays pending, as after reading (see the module docstring).
-                    after = replace(rs, state=State([s[r:r + 1].clone() for s in S.layers]), pending=[t],
+                    after = replace(rs, state=S.rows(slice(r, r + 1)).clone(), pending=[t],
                                     tokens=rs.tokens + len(encoded[r]) + i + 1)
                     done[r] = Generation(prompts[r], streams[r].text, out[r], reason, after)
             if all(d is not None for d in done):

@@ -109,25 +109,33 @@ def warm_dir(work: Path, memory: str, seed: int) -> Path:
 def model_config(cfg: Config, memory: str) -> ModelConfig:
     design = dict(cfg.design)
     if memory != "gated_average":
-        design.pop("bias_correction", None)
+        design["bias_correction"] = False
     return ModelConfig(vocab_size=272, d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.d_model // cfg.head_dim,
                        memory=memory, reversible=False, **design)
 
 
 def execute(cfg: Config, run: Run, device: str, work: Path) -> dict:
+    """One run; a run at gap G whose warm start is gone (a cleared work folder) rebuilds it first:
+    the same seed on the same device gives the same weights."""
+    p = run.params
+    start = warm_dir(work, p["memory"], p["seed"])
+    if p["arm"] != "warm" and not start.exists():
+        train(cfg, {**p, "arm": "warm", "gap": cfg.warm_gap}, device, work / "warm", start)
+    return train(cfg, p, device, work, start)
+
+
+def train(cfg: Config, p: dict, device: str, work: Path, start: Path) -> dict:
+    """Train one arm at one gap from ``start`` (the warm start, which the 'warm' arm writes)."""
+    from ..checkpoint import save_model
+    from ..tokenizer import ByteTokenizer
     from ..trainer.config import CheckpointConfig, DataConfig, LogConfig, OptimConfig, TrainConfig
     from ..trainer.loop import Trainer
 
-    from ..checkpoint import save_model
-    from ..tokenizer import ByteTokenizer
-
-    p = run.params
     warm = p["arm"] == "warm"
     task = cfg.task(p["gap"])
     length = task.length(0)
     windows = -(-length // cfg.window) if p["arm"] == "window" else 1  # trainer steps per batch of sequences
     steps, batch = (cfg.warm_steps, cfg.warm_batch_size) if warm else (cfg.steps, cfg.batch_size)
-    start = warm_dir(work, p["memory"], p["seed"])
     tc = TrainConfig(
         arch="plasticlm", model=model_config(cfg, p["memory"]), seed=p["seed"], device=device, out_dir=str(work),
         steps=steps * windows, segment_len=cfg.segment_len, bptt="window" if p["arm"] == "window" else "whole",

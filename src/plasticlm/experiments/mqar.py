@@ -31,13 +31,14 @@ QUESTION = ("Does plasticlm's memory learn multi-query associative recall (Zoolo
             "attention and GLA / Mamba-2 of equal state size, and which parts of the design does it need?")
 
 MODELS = ["gated_average-rev", "gated_average", "decay", "linear", "transformer", "gla", "gla-conv", "mamba2"]
+_BEFORE = {"short_conv": 0, "bias_correction": False, "qk_norm": False}  # the design as it stood before E1
 ABLATIONS = {
-    "none": {},
-    "bias": {"bias_correction": True},
-    "conv": {"short_conv": 4},
+    "none": _BEFORE,
+    "bias": {**_BEFORE, "bias_correction": True},
+    "conv": {**_BEFORE, "short_conv": 4},
     "conv+bias+qk_norm": {"short_conv": 4, "bias_correction": True, "qk_norm": True},
-    "half-lives<=T": {"max_half_life": 64.0},
-    "conv+bias, half-lives<=T": {"short_conv": 4, "bias_correction": True, "max_half_life": 64.0},
+    "half-lives<=T": {**_BEFORE, "max_half_life": 64.0},
+    "conv+bias, half-lives<=T": {"short_conv": 4, "bias_correction": True, "qk_norm": False, "max_half_life": 64.0},
 }
 """Options of the plain gated average, each against 'none' (the design before E1) and against
 the design itself (the 'gated_average' model row at ablation_d_model)."""
@@ -53,7 +54,8 @@ class Config:
     """Key and value width of each plasticlm head (heads = d_model / head_dim)."""
     models: list[str] = field(default_factory=lambda: list(MODELS))
     design: dict = field(default_factory=lambda: {"short_conv": 4, "bias_correction": True})
-    """plasticlm options of the 'models' rows (bias_correction only where the memory allows it)."""
+    """plasticlm options of the 'models' rows (bias_correction only where the memory allows it);
+    the others are ModelConfig's defaults of the commit (every record keeps its full config)."""
     ablations: list[str] = field(default_factory=lambda: list(ABLATIONS))
     ablation_d_model: int = 64
     """Width of the ablation (the smaller one: a third of the cost; the pilot at 128 agreed)."""
@@ -83,7 +85,7 @@ def model_spec(cfg: Config, name: str, d: int, options: dict | None = None) -> t
     if name.startswith("gated_average"):
         return "plasticlm", dataclasses.replace(reference, reversible=name.endswith("-rev"))
     if name in ("decay", "linear"):
-        design.pop("bias_correction", None)
+        design["bias_correction"] = False
         return "plasticlm", ModelConfig(**base, memory=name, reversible=False, **design)
     if name == "transformer":
         return "transformer", archs.sized_like("transformer", reference)

@@ -19,8 +19,8 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,6 +84,10 @@ def _execute(name: str, cfg_dict: dict, run: dict, device: str, work: str, threa
     meta = provenance(device)
     return {"id": r.id, **record, "params": r.params, "seconds": round(time.perf_counter() - t0, 1),
             "date": meta["date"], "commit": commit, "device": meta["device"]}
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _write(out: Path, doc: dict, mod, cfg) -> None:
@@ -152,21 +156,28 @@ def run_experiment(name: str, *, device: str = "cpu", quick: bool = False, out: 
             for r in todo:
                 done(_execute(name, cfg_dict, dataclasses.asdict(r), device, str(work), threads, commit))
         else:
-            ctx = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-                waiting, pending = list(todo), set()
-                while waiting or pending:
-                    ready = [r for r in waiting if all(n in doc["runs"] for n in r.needs)]
-                    for r in ready[:max(0, jobs - len(pending))]:  # submit no more than can run: order kept
-                        waiting.remove(r)
-                        pending.add(pool.submit(_execute, name, cfg_dict, dataclasses.asdict(r), device, str(work),
-                                                threads, commit))
-                    if not pending:
-                        raise RuntimeError(f"experiment {name}: runs {[r.id for r in waiting]} wait on runs that "
-                                           "cannot finish")
-                    finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for f in finished:
-                        done(f.result())
+            # A pool whose workers die with the run: the context manager terminates them on any
+            # exception, and SIGTERM is turned into one.
+            previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+            try:
+                with multiprocessing.get_context("spawn").Pool(jobs) as pool:
+                    waiting, pending = list(todo), {}
+                    while waiting or pending:
+                        ready = [r for r in waiting if all(n in doc["runs"] for n in r.needs)]
+                        for r in ready[:max(0, jobs - len(pending))]:  # no more than can run: the order is kept
+                            waiting.remove(r)
+                            pending[r.id] = pool.apply_async(_execute, (name, cfg_dict, dataclasses.asdict(r),
+                                                                        device, str(work), threads, commit))
+                        if not pending:
+                            raise RuntimeError(f"experiment {name}: runs {[r.id for r in waiting]} wait on runs "
+                                               "that cannot finish")
+                        finished = [i for i, res in pending.items() if res.ready()]
+                        if not finished:
+                            time.sleep(0.5)
+                        for i in finished:
+                            done(pending.pop(i).get())  # a worker's exception is raised here
+            finally:
+                signal.signal(signal.SIGTERM, previous)
     finally:
         bar.close()
     if len(doc["runs"]) == len(runs):
