@@ -122,7 +122,6 @@ def main():
             rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)
 
-    import torch
 
     from plasticlm.provenance import git_commit, provenance
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from plasticlm import ModelConfig, PlasticLM, State, segment_backward
+from plasticlm import ModelConfig, PlasticLM, segment_backward
 from plasticlm.trainer.segment import segment_loss
 from .test_model_options import random_state
 
