@@ -43,7 +43,7 @@ class Config:
     window: int = 256
     """W of the truncated arm."""
     segment_len: int = 64
-    pairs: int = 4
+    pairs: int = 8
     vocab: int = 255
     """Task vocabulary: keys, values and fillers take a third each."""
     fillers: int = 0
@@ -52,21 +52,23 @@ class Config:
     arms: list[str] = field(default_factory=lambda: ["exact", "window"])
     design: dict = field(default_factory=lambda: {"short_conv": 4, "bias_correction": True})
     """plasticlm options (bias_correction only for the gated average)."""
-    d_model: int = 64
+    d_model: int = 128
+    """The width at which recall is learned in about a thousand steps (E1); narrower models sit on the
+    first plateau for many thousands."""
     n_layers: int = 2
     head_dim: int = 32
-    batch_size: int = 16
-    steps: int = 200
+    batch_size: int = 8
+    steps: int = 150
     """Optimizer updates at most (batches of whole sequences) at gap G."""
     lr: float = 3e-3
-    warmup_steps: int = 20
+    warmup_steps: int = 15
     eval_every: int = 25
-    test_examples: int = 256
+    test_examples: int = 128
     target: float = 0.99
     """Stop once the test accuracy reaches this."""
     warm_gap: int = 16
     warm_batch_size: int = 64
-    warm_steps: int = 3000
+    warm_steps: int = 2000
     warm_target: float = 0.9
     """The warm start trains until this test accuracy at warm_gap (or warm_steps)."""
     seeds: list[int] = field(default_factory=lambda: [0, 1])
