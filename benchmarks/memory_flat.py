@@ -96,6 +96,8 @@ def main():
     ap.add_argument("--kind", default="segment", help=argparse.SUPPRESS)
     ap.add_argument("--T", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--reversible", type=int, default=1, help=argparse.SUPPRESS)
+    ap.add_argument("--lengths", default=None, help="comma-separated T of the segment trainer only (default: the "
+                                                      "preset's, with full-graph rows beside)")
     args = ap.parse_args()
     if args.report:
         print(report(Path(args.report)))
@@ -106,8 +108,11 @@ def main():
         return
 
     p = PRESETS[args.preset]
-    runs = [("segment", T, 1) for T in p["T"]] + [("segment", T, 0) for T in p["T"][:1]] + \
-           [("full", T, 1) for T in p["full_T"]]
+    if args.lengths:
+        runs = [("segment", int(T), 1) for T in args.lengths.split(",")]
+    else:
+        runs = [("segment", T, 1) for T in p["T"]] + [("segment", T, 0) for T in p["T"][:1]] + \
+               [("full", T, 1) for T in p["full_T"]]
     rows = []
     for kind, T, rev in runs:
         cmd = [sys.executable, __file__, "--worker", "--preset", args.preset, "--device", args.device,
