@@ -215,7 +215,7 @@ def test_corpus_files_jsonl_and_folders(tmp_path):
     (sub / "empty.txt").write_text("")
     corpus = Corpus([tmp_path / "a.txt", tmp_path / "d.jsonl", sub], field="body")
     assert ["".join(d) for d in corpus] == ["alpha\n", "one", "two", "beta", "gamma"]
-    assert {k: len(v) for k, v in corpus.skipped.items()} == {"binary": 1, "not UTF-8": 1, "empty": 1}
+    assert {k: len(v) for k, v in corpus.skipped.items()} == {"hidden": 1, "binary": 1, "not UTF-8": 1, "empty": 1}
     assert corpus.bytes_read == corpus.total_bytes
     skipped = Corpus([tmp_path / "a.txt", tmp_path / "d.jsonl", sub], field="body", skip_documents=2)
     assert ["".join(d) for d in skipped] == ["two", "beta", "gamma"]

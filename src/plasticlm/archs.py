@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .settings import from_dict
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,9 @@ class Arch:
     """The command that trains it."""
     segment: bool = False
     """Whether the exact segment trainer (``backprop: segment``) applies to it."""
+    blocks: str = "n_layers"
+    """The config field that counts the model's repeated blocks, each holding at least one tensor
+    (what :func:`meta_state_dict` bounds before building anything; a config without it is not bounded)."""
 
 
 ARCHS: dict[str, Arch] = {}
@@ -57,7 +63,8 @@ register(Arch("mamba2", "fla's Mamba2 mixer in pre-norm SwiGLU blocks",
               "plasticlm.baselines.fla_models:RecurrentConfig", "plasticlm.baselines.fla_models:RecurrentLM",
               "plasticlm.baselines.fla_models:RecurrentAsLM", fixed={"mixer": "mamba2"}))
 register(Arch("aunn", "Absolute Unit NN: index -> token, reads by gradient steps", "plasticlm.aunn.config:AUNNConfig",
-              "plasticlm.aunn.model:AUNN", "plasticlm.aunn.online:AUNNAsLM", trained_by="plasticlm aunn train"))
+              "plasticlm.aunn.model:AUNN", "plasticlm.aunn.online:AUNNAsLM", trained_by="plasticlm aunn train",
+              blocks="depth"))
 
 
 def get(name: str) -> Arch:
@@ -104,6 +111,28 @@ def make_config(name: str, data: Any, where: str = "model"):
 def build(name: str, config):
     """A fresh model of arch ``name`` from its config (a dataclass or a mapping)."""
     return model_class(name)(make_config(name, config))
+
+
+def meta_state_dict(name: str, config, max_blocks: int | None = None) -> dict[str, torch.Tensor]:
+    """The state dict of arch ``name``'s model for ``config``, built on the meta device: every
+    tensor's name, shape and dtype, with no memory allocated and no initialisation computed.
+
+    Building costs time per block, so ``max_blocks`` bounds the config's count of blocks
+    (:attr:`Arch.blocks`) first: a weights file of n tensors holds at most n blocks, and a forged
+    ``n_layers=10**9`` is refused at once instead of building modules for minutes. A width too
+    large to describe (its storage size overflows) is refused too. ValueError naming the field.
+    """
+    import torch
+
+    arch, cfg = get(name), make_config(name, config)
+    blocks = getattr(cfg, arch.blocks, 0)
+    if max_blocks is not None and blocks > max_blocks:
+        raise ValueError(f"{arch.blocks}={blocks:,} blocks, but the weights hold {max_blocks:,} tensors in all")
+    try:
+        with torch.device("meta"):
+            return dict(model_class(name)(cfg).state_dict())
+    except (RuntimeError, OverflowError) as e:
+        raise ValueError(f"the config describes a model that cannot be built: {e}") from None
 
 
 def sized_like(name: str, plastic_config, **overrides):

@@ -1,25 +1,41 @@
-"""Model checkpoints: weights in safetensors with the config in the metadata, tokenizer beside.
+"""Model checkpoints: weights in safetensors with the config in the metadata, tokenizer and manifest beside.
 
 A checkpoint is a directory::
 
-    model.safetensors   weights; metadata: format, config (JSON), model_id, vocab_size
+    model.safetensors   weights; metadata: format, arch, config (JSON), model_id, vocab_size
     tokenizer.json      the tokenizer (plasticlm.tokenizer.load_tokenizer)
+    manifest.json       size and sha256 of both, and which files hold the weights; written last
 
-``model_id`` is a hash of the config and the weights, so a saved recurrent state can name
-the exact model that produced it. Loading never unpickles anything. Training state
-(optimizer, schedule, RNG, data cursor) is the trainer's business and sits beside these files.
+A training checkpoint (``plasticlm.trainer.checkpointing``) is one with more files in its
+manifest; an AUNN's (``plasticlm.aunn.offline``) keeps its weights in aunn.safetensors. The
+manifest's ``weights`` list names the weight files, so that a model may be split over several.
+
+``model_id`` is a hash of the config and the weights, so a saved recurrent state can name the
+exact model that produced it.
+
+A checkpoint is a folder someone hands over, so :func:`read_checkpoint` trusts nothing in it:
+every file the manifest lists is checked first (a regular file inside the folder, of the
+recorded size and sha256) and a manifest that leaves out the weights or the tokenizer is
+refused; the config is bounded, and every tensor's name, shape and dtype is compared with the
+model it describes, built on the meta device (no memory, no time), before any module is built
+for real; non-finite weights are refused by name; and the model_id is recomputed from the
+tensors loaded and must equal the recorded one, so what a state or an evaluation names is what
+was loaded. Nothing is ever unpickled. Training state (optimizer, schedule, RNG, data cursor) is
+the trainer's business and sits beside these files.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from . import archs
-from .files import atomic_write
+from .files import MANIFEST, DataError, atomic_write, verify_manifest, write_manifest
 from .tokenizer import Tokenizer, load_tokenizer
 
 FORMAT = "plasticlm.model/1"
@@ -37,15 +53,19 @@ def model_id(config, tensors: dict[str, torch.Tensor]) -> str:
 
 def save_model(directory: str | os.PathLike, model, tokenizer: Tokenizer,
                extra: dict[str, str] | None = None) -> str:
-    """Write weights and tokenizer into ``directory``; returns the model_id. The metadata's ``arch``
-    names the model's registered architecture."""
+    """Write weights, tokenizer and manifest into ``directory``; returns the model_id. The
+    metadata's ``arch`` names the model's registered architecture."""
     return save_weights(directory, model.config, model.state_dict(), tokenizer,
                         {"arch": archs.arch_of(model), **(extra or {})})
 
 
 def save_weights(directory: str | os.PathLike, config, state_dict: dict[str, torch.Tensor], tokenizer: Tokenizer,
-                 extra: dict[str, str] | None = None) -> str:
-    """:func:`save_model` from a config and a state dict (e.g. gathered from sharded training)."""
+                 extra: dict[str, str] | None = None, *, weights: str = WEIGHTS, manifest: bool = True) -> str:
+    """:func:`save_model` from a config and a state dict (e.g. gathered from sharded training).
+
+    ``weights`` names the weights file; ``manifest=False`` leaves the manifest to a caller that
+    writes one for more files (a training checkpoint).
+    """
     from safetensors.torch import save_file
 
     d = Path(directory)
@@ -55,71 +75,141 @@ def save_weights(directory: str | os.PathLike, config, state_dict: dict[str, tor
     meta = {"format": FORMAT, "config": json.dumps(config.to_dict()), "model_id": mid,
             "vocab_size": str(tokenizer.vocab_size), **{k: str(v) for k, v in (extra or {}).items()}}
     atomic_write(d / TOKENIZER, tokenizer.save)
-    atomic_write(d / WEIGHTS, lambda p: save_file(tensors, p, metadata=meta))
+    atomic_write(d / weights, lambda p: save_file(tensors, p, metadata=meta))
+    if manifest:
+        write_manifest(d, [weights, TOKENIZER], weights=[weights])
     return mid
 
 
-def read_metadata(directory: str | os.PathLike) -> dict[str, str]:
+@dataclass
+class Checkpoint:
+    """A checkpoint's contents, verified by :func:`read_checkpoint`, before any module is built for it."""
+
+    arch: str
+    config: Any
+    tensors: dict[str, torch.Tensor]
+    tokenizer: Tokenizer
+    metadata: dict[str, str]
+    """The (first) weights file's metadata."""
+    model_id: str
+    """Computed from the config and the tensors loaded (and equal to the metadata's)."""
+
+
+def read_checkpoint(directory: str | os.PathLike, device: str | torch.device = "cpu",
+                    manifest: dict[str, Any] | None = None) -> Checkpoint:
+    """Read a checkpoint directory, checking everything the module docstring lists.
+
+    ``manifest`` is the directory's manifest when the caller has verified it already (a training
+    checkpoint's, which must list more files). A :class:`~plasticlm.files.DataError` names the file
+    and what is wrong with it; FileNotFoundError when ``directory`` holds no checkpoint at all.
+    """
+    d = Path(directory)
+    if manifest is None:
+        manifest = verify_manifest(d, [TOKENIZER]) if os.path.lexists(d / MANIFEST) else _no_manifest(d)
+    names = manifest.get("weights", [WEIGHTS])  # training checkpoints written before the list hold one file
+    if not names or any(n not in manifest["files"] for n in names):
+        raise DataError(f"{d / MANIFEST} does not list {', '.join(names) or 'any weights file'}: the checkpoint is "
+                        "incomplete or was altered")
+    metas, tensors = [], {}
+    for name in names:
+        file_meta, more = _read_weights(d / name, device)
+        clash = sorted(set(more) & set(tensors))
+        if clash:
+            raise DataError(f"{d / name}: holds tensors that an earlier weights file holds too: {clash[:3]}")
+        metas.append(file_meta)
+        tensors.update(more)
+    meta, where = metas[0], d / names[0]
+    if meta.get("format") != FORMAT:
+        raise DataError(f"{where}: not a plasticlm checkpoint (format {meta.get('format')!r}, expected {FORMAT!r})")
+    arch = meta.get("arch", "plasticlm")
+    try:
+        data = json.loads(meta["config"])
+    except (KeyError, json.JSONDecodeError) as e:
+        raise DataError(f"{where}: the metadata holds no valid config ({type(e).__name__}: {e})") from None
+    try:
+        config = archs.make_config(arch, data, where=f"{where}: config")
+    except ValueError as e:
+        raise DataError(str(e)) from None
+    try:
+        expected = archs.meta_state_dict(arch, config, max_blocks=len(tensors))
+    except ValueError as e:
+        raise DataError(f"{where}: config: {e}") from None
+    check_tensors(tensors, expected, str(where))
+    tokenizer = load_tokenizer(d / TOKENIZER, within=d)
+    if tokenizer.vocab_size != config.vocab_size:
+        raise DataError(f"{d}: tokenizer has {tokenizer.vocab_size} tokens, model vocab_size is {config.vocab_size}")
+    mid = model_id(config, tensors)
+    if meta.get("model_id") != mid:
+        raise DataError(f"{where}: the metadata says model_id {meta.get('model_id')!r}, the weights and config "
+                        f"loaded give {mid}: the file was altered after it was written")
+    return Checkpoint(arch, config, tensors, tokenizer, meta, mid)
+
+
+def _no_manifest(d: Path):
+    """The error for a folder without a manifest: no checkpoint at all, or one that cannot be verified."""
+    from .aunn.offline import WEIGHTS as AUNN_WEIGHTS
+    from .trainer.checkpointing import latest_checkpoint
+
+    if not any(os.path.lexists(d / name) for name in (WEIGHTS, AUNN_WEIGHTS)):
+        raise FileNotFoundError(f"no checkpoint at {d}: {d / MANIFEST} does not exist")
+    newest = latest_checkpoint(d / "checkpoints")
+    hint = f"; its newest training checkpoint, {newest}, has one: load that" if newest else ""
+    raise DataError(f"{d}: no {MANIFEST} to verify the weights against (written by a plasticlm before "
+                    f"manifests?){hint}")
+
+
+def _read_weights(path: Path, device) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     from safetensors import SafetensorError, safe_open
 
-    path = Path(directory) / WEIGHTS
-    if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {directory}: {path} does not exist")
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as e:
-        raise ValueError(f"{path}: cannot read checkpoint (truncated or corrupt?): {e}") from e
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a plasticlm checkpoint (format {meta.get('format')!r}, expected {FORMAT!r})")
-    return meta
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
+            return f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise DataError(f"{path}: cannot read weights (truncated or corrupt?): {e}") from None
+
+
+def check_tensors(tensors: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], where: str) -> None:
+    """Refuse ``tensors`` unless they have exactly the names, shapes and dtypes of ``expected``
+    (e.g. :func:`plasticlm.archs.meta_state_dict`) and finite values; the DataError names the tensor."""
+    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise DataError(f"{where}: the tensors do not fit the model (missing {missing[:3]}"
+                        f"{' ...' if len(missing) > 3 else ''}, unexpected {unexpected[:3]}"
+                        f"{' ...' if len(unexpected) > 3 else ''})")
+    for name in sorted(expected):
+        t, want = tensors[name], expected[name]
+        if t.shape != want.shape:
+            raise DataError(f"{where}: tensor {name} has shape {tuple(t.shape)}, the model's is {tuple(want.shape)}")
+        if t.dtype != want.dtype:
+            raise DataError(f"{where}: tensor {name} has dtype {t.dtype}, the model's is {want.dtype}")
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise DataError(f"{where}: tensor {name} holds non-finite values (NaN or inf): refused")
 
 
 def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu"):
-    """Returns (model in eval mode, tokenizer, metadata).
+    """Returns (model in eval mode, tokenizer, metadata) of a checkpoint verified by :func:`read_checkpoint`.
 
     The model is the architecture the metadata's ``arch`` names (plasticlm when absent), built
-    through :mod:`plasticlm.archs`.
+    through :mod:`plasticlm.archs`; the metadata's ``model_id`` is the one recomputed.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    d = Path(directory)
-    meta = read_metadata(d)
-    arch = meta.get("arch", "plasticlm")
-    config = archs.make_config(arch, json.loads(meta["config"]), where=f"{d / WEIGHTS}: config")
-    tokenizer = load_tokenizer(d / TOKENIZER)
-    if tokenizer.vocab_size != config.vocab_size:
-        raise ValueError(f"{d}: tokenizer has {tokenizer.vocab_size} tokens, model vocab_size is {config.vocab_size}")
-    try:
-        tensors = load_file(str(d / WEIGHTS), device=str(device))
-    except (SafetensorError, OSError) as e:
-        raise ValueError(f"{d / WEIGHTS}: cannot read weights (truncated or corrupt?): {e}") from e
-    model = archs.build(arch, config).to(device)
-    model.load_state_dict(tensors)
+    ckpt = read_checkpoint(directory, device)
+    model = archs.build(ckpt.arch, ckpt.config).to(device)
+    model.load_state_dict(ckpt.tensors)
     model.eval()
-    return model, tokenizer, meta
+    return model, ckpt.tokenizer, ckpt.metadata
 
 
 def load_lm(checkpoint: str | os.PathLike, device: str | torch.device = "cpu", **options):
     """Any checkpoint directory as an evaluation :class:`~plasticlm.lm.LM`: (lm, tokenizer, metadata).
 
-    Models saved by :func:`save_model` or ``plasticlm train`` (metadata ``arch``) load through
-    :func:`load_model`; an AUNN checkpoint (``plasticlm aunn train``) through
-    :func:`plasticlm.aunn.offline.load_aunn`. ``options`` go to the arch's adapter: ``piece`` (tokens
-    per forward of the recurrent and attention models), ``online`` (how an AUNN reads, an
+    Models saved by :func:`save_model`, ``plasticlm train`` or ``plasticlm aunn train`` all load
+    through :func:`load_model`. ``options`` go to the arch's adapter: ``piece`` (tokens per
+    forward of the recurrent and attention models), ``online`` (how an AUNN reads, an
     ``OnlineConfig``).
     """
-    from .aunn.offline import WEIGHTS as AUNN_WEIGHTS
-
-    d = Path(checkpoint)
-    if (d / AUNN_WEIGHTS).exists() and not (d / WEIGHTS).exists():
-        from .aunn.offline import load_aunn
-
-        model, tok, meta = load_aunn(d, device)
-        meta = {**meta, "arch": "aunn"}
+    model, tok, meta = load_model(checkpoint, device)
+    if meta.get("arch") == "aunn":
         options = {"online": options.get("online")}
     else:
-        model, tok, meta = load_model(d, device)
         options = {k: v for k, v in options.items() if k != "online"}
     return archs.as_lm(model, **options), tok, meta

@@ -44,16 +44,20 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from .files import DataError
+
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, TypeError, KeyError) as e:
-        # Bad input: say what and where, without a traceback (PLASTICLM_DEBUG=1 shows it).
+    except (ValueError, FileNotFoundError, TypeError, KeyError, OSError) as e:
+        # Bad input: say what and where, without a traceback (PLASTICLM_DEBUG=1 shows it). Bad
+        # data (a corrupt, foreign or invalid file; a file that cannot be read or written) exits 1,
+        # bad usage (an option, a setting, a path that is not there) 2.
         import os
 
         if os.environ.get("PLASTICLM_DEBUG"):
             raise
         print(f"plasticlm {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return 1 if isinstance(e, DataError) or (isinstance(e, OSError) and not isinstance(e, FileNotFoundError)) else 2
     except KeyboardInterrupt:
         print(f"plasticlm {args.command}: interrupted", file=sys.stderr)
         return 130

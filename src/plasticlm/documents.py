@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from .files import DataError
+
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 
 
@@ -21,8 +23,9 @@ class Corpus:
       characters cut after a newline, so a large file is never whole in memory (the block
       cut depends only on the file, so every run tokenizes it the same way).
     - A ``.jsonl``/``.ndjson`` file holds one document per line, in the string field ``field``.
-    - A folder stands for every file below it matching ``glob`` (hidden ones skipped), in
-      sorted order; files that are empty, binary or not UTF-8 are skipped and counted in
+    - A folder stands for every file below it matching ``glob``, in sorted order; hidden files
+      (a name or folder starting with '.'), files that are not regular files (FIFOs, devices,
+      broken links) and files that are empty, binary or not UTF-8 are skipped and counted in
       ``skipped``. A file named on its own must be UTF-8 text.
     - ``-`` is standard input, one document.
 
@@ -40,13 +43,22 @@ class Corpus:
                 continue
             path = Path(item)
             if path.is_dir():
-                found = [p for p in sorted(path.rglob(glob)) if p.is_file()
-                         and not any(part.startswith(".") for part in p.relative_to(path).parts)]
+                found = []
+                for p in sorted(path.rglob(glob)):
+                    if any(part.startswith(".") for part in p.relative_to(path).parts):
+                        if not p.is_dir():
+                            self.skipped.setdefault("hidden", []).append(str(p))
+                    elif p.is_file():
+                        found.append(p)
+                    elif not p.is_dir():
+                        self.skipped.setdefault("not regular files", []).append(str(p))
                 if not found:
                     raise ValueError(f"{path}: no files matching {glob!r} in this folder")
                 self.files += [(p, True) for p in found]
             elif path.is_file():
                 self.files.append((path, False))
+            elif path.exists():
+                raise ValueError(f"{path}: not a regular file, a folder or - (standard input)")
             else:
                 raise FileNotFoundError(f"input not found: {path}")
         if not self.files:
@@ -62,7 +74,7 @@ class Corpus:
                 if problem is not None:
                     if not in_folder:
                         hint = "" if problem == "empty" else "; pass UTF-8 text or JSONL files"
-                        raise ValueError(f"{path}: the file is {problem}{hint}")
+                        raise DataError(f"{path}: the file is {problem}{hint}")
                     self.skipped.setdefault(problem.split(" (")[0], []).append(str(path))
                     self.bytes_read += path.stat().st_size
                     continue
@@ -111,14 +123,14 @@ class Corpus:
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+                    raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
                 if not isinstance(record, dict) or self.field not in record:
                     keys = sorted(record) if isinstance(record, dict) else type(record).__name__
                     raise ValueError(f"{path}:{lineno}: no field {self.field!r} (found {keys}); choose the "
                                      f"text field with --field")
                 text = record[self.field]
                 if not isinstance(text, str):
-                    raise ValueError(f"{path}:{lineno}: field {self.field!r} holds {type(text).__name__}, "
+                    raise DataError(f"{path}:{lineno}: field {self.field!r} holds {type(text).__name__}, "
                                      f"expected a string")
                 if text:
                     yield text

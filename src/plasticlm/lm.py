@@ -12,10 +12,19 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .files import DataError
+
 
 def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                 generator: torch.Generator | None = None) -> torch.Tensor:
-    """logits (B, V) -> token ids (B,). temperature 0 is greedy (argmax)."""
+    """logits (B, V) -> token ids (B,). temperature 0 is greedy (argmax).
+
+    Non-finite logits are refused: the argmax of NaNs is an arbitrary token and sampling from
+    them fails, and either way the model or the state it read is broken.
+    """
+    if not bool(torch.isfinite(logits).all()):
+        raise DataError("the model's next-token logits are not finite (NaN or inf): its weights, or the state "
+                        "it read, are broken")
     if temperature <= 0:
         return logits.argmax(-1)
     logits = logits.float() / temperature

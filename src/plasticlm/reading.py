@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import sys
 import tempfile
@@ -35,6 +36,7 @@ import torch
 
 from .checkpoint import load_model, model_id as compute_model_id
 from .documents import Corpus
+from .files import DataError
 from .model import PlasticLM
 from .sampling import Sampling, TextStream, next_token
 from .state import State
@@ -81,9 +83,12 @@ class ReadState:
     def checksum(self) -> str:
         """sha256 over every tensor byte and every field, so any change to the file is caught."""
         h = hashlib.sha256()
-        for s in self.state.tensors():
+        n = len(self.state.layers)
+        for i, (name, s) in enumerate(zip(self.state.names(), self.state.tensors())):
             s = s.detach().cpu().contiguous()
-            h.update(f"{s.dtype}{tuple(s.shape)}".encode())
+            # Memories hash as they always did (older states without extra kinds still load); the
+            # extra kinds, once left out, are hashed with their names.
+            h.update(f"{'' if i < n else name}{s.dtype}{tuple(s.shape)}".encode())
             h.update(s.view(torch.uint8).numpy().tobytes())
         fields = [self.pending, self.tokens, self.documents, self.piece, self.separator, self.model_id,
                   self.vocab_size, self.tokenizer_hash]
@@ -105,24 +110,34 @@ class ReadState:
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> tuple["ReadState", dict[str, str]]:
         """Read and verify a file written by :meth:`save`; returns (state, metadata).
 
-        Nothing is unpickled (safetensors). A truncated, corrupt or foreign file raises
-        ValueError; whether the state fits a model is :meth:`Reader.check`'s question.
+        Nothing is unpickled (safetensors). A truncated, corrupt or foreign file, or one whose
+        fields are out of range (counts below 0, a piece below 1, more pending tokens than a piece
+        or than were read), raises :class:`~plasticlm.files.DataError`, even with a checksum
+        recomputed to match: the checksum catches accidents, the ranges what a forger could write.
+        Whether the state fits a model is :meth:`Reader.check`'s question.
         """
-        if not Path(path).exists():
+        if not os.path.lexists(path):
             raise FileNotFoundError(f"state file not found: {path}")
         state, meta = State.load(path, device=device)
         if meta.get("kind") != FORMAT:
-            raise ValueError(f"{path}: a plasticlm state without reading metadata (kind {meta.get('kind')!r}, "
-                             f"expected {FORMAT!r}); write reading states with `plasticlm read` or ReadState.save")
+            raise DataError(f"{path}: a plasticlm state without reading metadata (kind {meta.get('kind')!r}, "
+                            f"expected {FORMAT!r}); write reading states with `plasticlm read` or ReadState.save")
         rs = cls(state=state, pending=_field(meta, "pending", path, json.loads), tokens=_field(meta, "tokens", path, int),
                  documents=_field(meta, "documents", path, int), piece=_field(meta, "piece", path, int),
                  separator=meta.get("separator", ""), model_id=meta.get("model_id", ""),
                  vocab_size=_field(meta, "vocab_size", path, int), tokenizer_hash=meta.get("tokenizer", ""))
-        if not (isinstance(rs.pending, list) and all(isinstance(t, int) for t in rs.pending)):
-            raise ValueError(f"{path}: metadata field 'pending' must be a list of token ids")
+        if not (isinstance(rs.pending, list) and all(type(t) is int and t >= 0 for t in rs.pending)):
+            raise DataError(f"{path}: metadata field 'pending' must be a list of token ids")
+        for key, value, low in (("tokens", rs.tokens, 0), ("documents", rs.documents, 0), ("piece", rs.piece, 1),
+                                ("vocab_size", rs.vocab_size, 1)):
+            if value < low:
+                raise DataError(f"{path}: metadata field {key!r} must be >= {low}, got {value}: the file is corrupt")
+        if len(rs.pending) > min(rs.piece, rs.tokens) or (rs.tokens > 0 and not rs.pending):
+            raise DataError(f"{path}: {len(rs.pending)} pending tokens after {rs.tokens} read in pieces of "
+                            f"{rs.piece}: a state keeps 1 to piece tokens pending once anything was read")
         if rs.checksum() != meta.get("checksum"):
-            raise ValueError(f"{path}: checksum mismatch: the file is corrupt (its tensors or metadata changed "
-                             "after it was written)")
+            raise DataError(f"{path}: checksum mismatch: the file is corrupt (its tensors or metadata changed "
+                            "after it was written)")
         return rs, meta
 
     def describe(self) -> str:
@@ -134,8 +149,8 @@ def _field(meta: dict[str, str], key: str, path, parse):
     try:
         return parse(meta[key])
     except (KeyError, ValueError) as e:
-        raise ValueError(f"{path}: metadata field {key!r} is missing or malformed ({meta.get(key)!r}): "
-                         f"the file is corrupt") from e
+        raise DataError(f"{path}: metadata field {key!r} is missing or malformed ({meta.get(key)!r}): "
+                        f"the file is corrupt") from e
 
 
 @dataclass
@@ -169,7 +184,8 @@ class Reader:
 
     @classmethod
     def load(cls, checkpoint: str | Path, device: str | torch.device = "cpu", **kwargs) -> "Reader":
-        """A Reader for a checkpoint directory written by :func:`plasticlm.checkpoint.save_model`."""
+        """A Reader for a checkpoint directory written by :func:`plasticlm.checkpoint.save_model`,
+        verified as :func:`plasticlm.checkpoint.read_checkpoint` says (model_id computed)."""
         model, tokenizer, meta = load_model(checkpoint, device=device)
         return cls(model, tokenizer, model_id=meta["model_id"], **kwargs)
 
@@ -185,24 +201,28 @@ class Reader:
         return rs
 
     def check(self, rs: ReadState, where: str = "state") -> None:
-        """Refuse a state written by another checkpoint, vocabulary or tokenizer."""
+        """Refuse a state written by another checkpoint, vocabulary or tokenizer (compared with the
+        identity computed from what this Reader loaded), or one whose tensors do not fit the model."""
         if rs.vocab_size != self.tokenizer.vocab_size:
-            raise ValueError(f"{where}: the state was read with a vocabulary of {rs.vocab_size} tokens, this "
-                             f"checkpoint's has {self.tokenizer.vocab_size}: a state only fits the model that read it")
+            raise DataError(f"{where}: the state was read with a vocabulary of {rs.vocab_size} tokens, this "
+                            f"checkpoint's has {self.tokenizer.vocab_size}: a state only fits the model that read it")
         if rs.tokenizer_hash != self.tokenizer_hash:
-            raise ValueError(f"{where}: the state was read with another tokenizer ({rs.tokenizer_hash}, this "
-                             f"checkpoint's is {self.tokenizer_hash}): a state only fits the model that read it")
+            raise DataError(f"{where}: the state was read with another tokenizer ({rs.tokenizer_hash}, this "
+                            f"checkpoint's is {self.tokenizer_hash}): a state only fits the model that read it")
         if rs.model_id != self.model_id:
-            raise ValueError(f"{where}: the state was read by model {rs.model_id}, this checkpoint is "
-                             f"{self.model_id}: a state only fits the model that read it")
-        empty = self.model.init_state(1)
-        want = dict(zip(empty.names(), (tuple(s.shape) for s in empty.tensors())))
-        have = dict(zip(rs.state.names(), (tuple(s.shape) for s in rs.state.tensors())))
-        if have != want:
-            raise ValueError(f"{where}: state tensors have shapes {have}, "
-                             f"the model expects {want}")
+            raise DataError(f"{where}: the state was read by model {rs.model_id}, this checkpoint is "
+                            f"{self.model_id}: a state only fits the model that read it")
+        want = self.model.init_state(1)
+        if rs.state.names() != want.names():
+            raise DataError(f"{where}: the state holds tensors {rs.state.names()}, this model's hold {want.names()}")
+        for name, t, w in zip(want.names(), rs.state.tensors(), want.tensors()):
+            if (tuple(t.shape), t.dtype) != (tuple(w.shape), w.dtype):
+                raise DataError(f"{where}: state tensor {name} is {t.dtype} of shape {tuple(t.shape)}, the model "
+                                f"expects {w.dtype} of shape {tuple(w.shape)}")
         if any(not 0 <= t < self.tokenizer.vocab_size for t in rs.pending):
-            raise ValueError(f"{where}: pending token ids out of range [0, {self.tokenizer.vocab_size})")
+            raise DataError(f"{where}: pending token ids out of range [0, {self.tokenizer.vocab_size})")
+        if not 1 <= rs.piece or len(rs.pending) > rs.piece:
+            raise DataError(f"{where}: {len(rs.pending)} tokens pending for pieces of {rs.piece}")
         self._separator_ids(rs.separator)
 
     # --- reading ----------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .files import atomic_write
+from .files import DataError, atomic_write, regular_file
 
 FORMAT = "plasticlm.state/1"
 EXTRA_KINDS = ("conv", "log_gate_prod")
@@ -107,7 +107,8 @@ class State:
 
     # -- files -------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
-        """Write the state as safetensors, atomically (temporary file, fsync, rename)."""
+        """Write the state as safetensors, atomically (temporary file, fsync, rename), and only
+        ever to a regular file (see :func:`plasticlm.files.atomic_write`)."""
         from safetensors.torch import save_file
 
         meta = {"format": FORMAT, "n_layers": str(len(self.layers)), "extra": ",".join(sorted(self.extra))}
@@ -117,28 +118,41 @@ class State:
 
     @staticmethod
     def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple["State", dict[str, str]]:
-        """Read a state written by :meth:`save`; returns (state, metadata). Nothing is unpickled."""
+        """Read a state written by :meth:`save`; returns (state, metadata). Nothing is unpickled.
+
+        The file must be a regular file (a FIFO or device is refused unopened); its layer count is
+        bounded by the tensors it holds before anything is built from it, and every tensor must be
+        a finite floating-point one. DataError names the file and the fault.
+        """
         from safetensors import SafetensorError, safe_open
 
+        regular_file(path)
         try:
             with safe_open(os.fspath(path), framework="pt", device=str(device)) as f:
                 meta = f.metadata() or {}
                 if meta.get("format") != FORMAT:
-                    raise ValueError(f"{path}: not a plasticlm state file (format {meta.get('format')!r}, "
-                                     f"expected {FORMAT!r})")
-                n = int(meta["n_layers"])
+                    raise DataError(f"{path}: not a plasticlm state file (format {meta.get('format')!r}, "
+                                    f"expected {FORMAT!r})")
+                keys = set(f.keys())
+                n = meta.get("n_layers", "")
+                if not (n.isdigit() and 1 <= int(n) <= len(keys)):
+                    raise DataError(f"{path}: metadata field 'n_layers' must be a count from 1 to the {len(keys)} "
+                                    f"tensors the file holds, got {n!r}: the file is corrupt")
+                n = int(n)
                 kinds = [k for k in meta.get("extra", "").split(",") if k]
                 bad = sorted(set(kinds) - set(EXTRA_KINDS))
                 if bad:
-                    raise ValueError(f"{path}: unknown state kinds {bad}; known: {EXTRA_KINDS}")
+                    raise DataError(f"{path}: unknown state kinds {bad}; known: {EXTRA_KINDS}")
                 skeleton = State([torch.empty(0)] * n, {k: [torch.empty(0)] * n for k in kinds})
-                keys = set(f.keys())
                 want = set(skeleton.names())
                 if keys != want:
-                    raise ValueError(f"{path}: expected tensors {sorted(want)}, found {sorted(keys)}")
-                state = skeleton.with_tensors([f.get_tensor(name) for name in skeleton.names()])
+                    raise DataError(f"{path}: expected tensors {sorted(want)}, found {sorted(keys)}")
+                tensors = [f.get_tensor(name) for name in skeleton.names()]
         except (SafetensorError, json.JSONDecodeError, OSError) as e:
-            if isinstance(e, FileNotFoundError):
-                raise
-            raise ValueError(f"{path}: cannot read state file (truncated or corrupt?): {e}") from e
-        return state, meta
+            raise DataError(f"{path}: cannot read state file (truncated or corrupt?): {e}") from None
+        for name, t in zip(skeleton.names(), tensors):
+            if not t.is_floating_point():
+                raise DataError(f"{path}: state tensor {name} has dtype {t.dtype}, not a floating-point one")
+            if not bool(torch.isfinite(t).all()):
+                raise DataError(f"{path}: state tensor {name} holds non-finite values (NaN or inf): refused")
+        return skeleton.with_tensors(tensors), meta

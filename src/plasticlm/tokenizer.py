@@ -76,20 +76,20 @@ class ByteTokenizer:
         Path(path).write_text(json.dumps({"type": self.kind, "specials": SPECIAL_TOKENS}, indent=1))
 
 
-def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
-    """Load a tokenizer saved by any plasticlm tokenizer's ``save``."""
-    path = Path(path)
-    try:
-        spec = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"tokenizer file not found: {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not a tokenizer file ({e})") from None
+def load_tokenizer(path: str | os.PathLike, within: str | os.PathLike | None = None) -> Tokenizer:
+    """Load a tokenizer saved by any plasticlm tokenizer's ``save``.
+
+    The file must be a regular file of bounded size (a symlink only into the folder ``within``, when
+    given), so a FIFO or /dev/zero in its place is refused instead of read forever.
+    """
+    from .files import DataError, read_json
+
+    spec = read_json(path, within=within)
     kind = spec.get("type") if isinstance(spec, dict) else None
     if kind == "bytes":
         return ByteTokenizer()
     if kind == "bpe":
         from .data.tokenizer import BPETokenizer
 
-        return BPETokenizer.load(path)
-    raise ValueError(f"{path}: unknown tokenizer type {kind!r} (expected 'bytes' or 'bpe')")
+        return BPETokenizer.from_spec(spec, path)
+    raise DataError(f"{path}: unknown tokenizer type {kind!r} (expected 'bytes' or 'bpe')")

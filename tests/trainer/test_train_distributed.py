@@ -99,8 +99,8 @@ def test_fsdp2_matches_replicated_data_parallel_and_resumes(tmp_path):
     """dist.fsdp=true shards the model with FSDP2; on gloo it reaches the weights of the all-reduce
     path (to float rounding), with evaluations and proxy probes mid-run and a resume."""
     extra = ("log.eval_every=3",)
-    for steps in (8, 10):  # the second round resumes from the step-8 checkpoints
-        more = (*extra, f"steps={steps}")
+    for steps in (8, 10):  # the second round resumes from the step-8 checkpoints, with more steps on purpose
+        more = (*extra, f"steps={steps}", "checkpoint.allow_changed=[steps]")
         jobs = [start(tmp_path / "ddp", 0, extra=more), start(tmp_path / "fsdp", 0, extra=(*more, "dist.fsdp=true"))]
         for j in jobs:
             _, err = j.communicate(timeout=240)

@@ -7,7 +7,6 @@ trainer's ``state_dict()`` (model, optimizer, sampler RNG, step) resumes a run e
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -17,15 +16,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..checkpoint import model_id
-from ..files import atomic_write
-from ..tokenizer import Tokenizer, load_tokenizer
-from .config import AUNNConfig, OfflineConfig
+from ..checkpoint import load_model, save_weights
+from ..files import DataError, atomic_write
+from ..tokenizer import Tokenizer
+from .config import OfflineConfig
 from .model import AUNN
 
-FORMAT = "plasticlm.aunn/1"
 WEIGHTS = "aunn.safetensors"
-TOKENIZER = "tokenizer.json"
 
 
 def check_stream(tokens: Any) -> torch.Tensor | np.ndarray:
@@ -143,43 +140,16 @@ class OfflineTrainer:
 
 def save_aunn(directory: str | os.PathLike, model: AUNN, tokenizer: Tokenizer,
               extra: dict[str, str] | None = None) -> str:
-    """Write weights (config, next_index and model_id in the metadata) and tokenizer; returns the model_id."""
-    from safetensors.torch import save_file
-
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    mid = model_id(model.config, tensors)
-    meta = {"format": FORMAT, "config": json.dumps(model.config.to_dict()), "model_id": mid,
-            "next_index": str(int(model.next_index)), "vocab_size": str(tokenizer.vocab_size),
-            **{k: str(v) for k, v in (extra or {}).items()}}
-    atomic_write(d / TOKENIZER, tokenizer.save)
-    atomic_write(d / WEIGHTS, lambda p: save_file(tensors, p, metadata=meta))
-    return mid
+    """Write weights (config, next_index and model_id in the metadata), tokenizer and manifest, as
+    every checkpoint is written (:func:`plasticlm.checkpoint.save_weights`); returns the model_id."""
+    return save_weights(directory, model.config, model.state_dict(), tokenizer,
+                        {"arch": "aunn", "next_index": int(model.next_index), **(extra or {})}, weights=WEIGHTS)
 
 
 def load_aunn(directory: str | os.PathLike, device: str | torch.device = "cpu"):
-    """Returns (model in eval mode, tokenizer, metadata). Nothing is unpickled."""
-    from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
-
-    d = Path(directory)
-    path = d / WEIGHTS
-    if not path.exists():
-        raise FileNotFoundError(f"no AUNN checkpoint at {directory}: {path} does not exist")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        tensors = load_file(str(path), device=str(device))
-    except (SafetensorError, OSError) as e:
-        raise ValueError(f"{path}: cannot read checkpoint (truncated or corrupt?): {e}") from e
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path}: not an AUNN checkpoint (format {meta.get('format')!r}, expected {FORMAT!r})")
-    config = AUNNConfig.from_dict(json.loads(meta["config"]))
-    tokenizer = load_tokenizer(d / TOKENIZER)
-    if tokenizer.vocab_size != config.vocab_size:
-        raise ValueError(f"{d}: tokenizer has {tokenizer.vocab_size} tokens, model vocab_size is {config.vocab_size}")
-    model = AUNN(config).to(device)
-    model.load_state_dict(tensors)
-    model.eval()
+    """Returns (model in eval mode, tokenizer, metadata), verified as every checkpoint is
+    (:func:`plasticlm.checkpoint.load_model`). Nothing is unpickled."""
+    model, tokenizer, meta = load_model(directory, device)
+    if meta.get("arch") != "aunn":
+        raise DataError(f"{directory}: not an AUNN checkpoint (arch {meta.get('arch', 'plasticlm')!r})")
     return model, tokenizer, meta

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -70,17 +71,24 @@ def unescape(s: str) -> str:
 
 
 def run(args) -> int:
+    from ..device import pick_device
+    from ..files import check_output
     from ..reading import Reader
     from ..sampling import Sampling
-    from ..device import pick_device
 
     if "{prompt}" not in args.template:
         raise ValueError(f"--template must contain {{prompt}}, got {args.template!r}")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    sampling = Sampling(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                        top_p=args.top_p, repetition_penalty=args.repetition_penalty,
-                        stop=tuple(unescape(s) for s in args.stop), stop_at_eos=not args.ignore_eos, seed=args.seed)
+    try:
+        sampling = Sampling(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                            top_p=args.top_p, repetition_penalty=args.repetition_penalty,
+                            stop=tuple(unescape(s) for s in args.stop), stop_at_eos=not args.ignore_eos,
+                            seed=args.seed)
+    except ValueError as e:  # name the option, not the field: Sampling.top_p -> --top-p
+        raise ValueError(re.sub(r"Sampling\.(\w+)", lambda m: "--" + m.group(1).replace("_", "-"), str(e))) from None
+    if args.save_state:
+        check_output(args.save_state, probe=True)  # before generating, not after
     reader = Reader.load(args.checkpoint, device=pick_device(args.device))
     state = reader.load_state(args.state) if args.state else reader.new_state()
     wrap = lambda text: args.template.replace("{prompt}", text)  # noqa: E731
@@ -185,8 +193,10 @@ def _repl(reader, state, sampling, args, wrap) -> int:
                 print(f"unknown command {cmd}. {REPL_HELP}", file=sys.stderr)
             else:
                 current = _one(reader, wrap(line), current, sampling, echo=False).state
-        except (ValueError, FileNotFoundError, KeyError) as e:
-            print(f"error: {e}", file=sys.stderr)  # a bad command must not end the session
+        except (ValueError, KeyError, OSError) as e:
+            # A bad command, a file that cannot be read or a path that cannot be written (a /save to
+            # a folder) must not end the session and lose its state.
+            print(f"error: {e}", file=sys.stderr)
     if args.save_state:
         current.save(args.save_state)
     return 0

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -13,14 +14,16 @@ to be queried later with `plasticlm generate CHECKPOINT --state OUT`.
 Inputs:
   a text file        one document (read in blocks, however large)
   a .jsonl file      one document per line, taken from the string field --field (default "text")
-  a folder           every file below it matching --glob, in sorted order; hidden, empty,
-                     binary and non-UTF-8 files are skipped and counted in the summary
+  a folder           every file below it matching --glob, in sorted order; hidden files (a
+                     name or folder starting with '.'), FIFOs and devices, and empty, binary
+                     and non-UTF-8 files are skipped and counted in the summary
   -                  standard input, one document
 
 Each document is followed by the separator token (--separator, default [EOS]). Memory stays
 constant however much is read: the model reads pieces of --piece tokens and keeps only its
 state. The state file (safetensors) records the checkpoint's model_id, the tokenizer's hash,
-and the tokens and documents read; a state from another checkpoint is refused.
+and the tokens and documents read; a state from another checkpoint is refused. OUT must be
+a regular file (or not exist yet) in an existing folder; that is checked before reading.
 
 Reading in several runs with --resume-state gives a state identical, bit for bit, to reading
 everything in one run. A run stopped by an error or Ctrl-C saves the state after the last
@@ -46,7 +49,7 @@ def register(sub) -> None:
     p.add_argument("--separator", default=None,
                    help="special token after each document, or 'none' (default [EOS]; a resumed state keeps its own)")
     p.add_argument("--piece", type=int, default=None,
-                   help="tokens per forward pass (default 4096; a resumed state keeps its own)")
+                   help="tokens per forward pass, >= 1 (default 4096; a resumed state keeps its own)")
     p.add_argument("--parse-specials", action="store_true",
                    help="turn special-token names in the text ([USER], [SEP], ...) into their tokens")
     p.add_argument("--save-every", type=int, default=0, metavar="TOKENS",
@@ -60,14 +63,18 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..reading import Corpus, Reader
     from ..device import pick_device
+    from ..files import check_output
+    from ..reading import Corpus, Reader
 
     out = Path(args.state)
-    if out.exists() and not args.overwrite and (args.resume_state is None or Path(args.resume_state) != out):
+    if os.path.lexists(out) and not args.overwrite and (args.resume_state is None or Path(args.resume_state) != out):
         raise ValueError(f"{out} exists: pass --resume-state {out} to read more into it, or --overwrite to replace it")
     if args.save_every < 0 or args.skip_documents < 0:
         raise ValueError("--save-every and --skip-documents must be >= 0")
+    if args.piece is not None and args.piece < 1:
+        raise ValueError(f"--piece must be >= 1, got {args.piece}")
+    check_output(out, probe=True)  # fail now, not after hours of reading
     separator = None if args.separator is None else ("" if args.separator.lower() == "none" else args.separator)
     reader = Reader.load(args.checkpoint, device=pick_device(args.device), piece=args.piece or 4096,
                          separator="[EOS]" if separator is None else separator)
@@ -81,7 +88,6 @@ def run(args) -> int:
         print(f"resuming {args.resume_state}: {state.describe()}", file=sys.stderr)
     corpus = Corpus(args.inputs, field=args.field, glob=args.glob, skip_documents=args.skip_documents)
 
-    out.parent.mkdir(parents=True, exist_ok=True)  # fail now, not after hours of reading
     read_here = [args.skip_documents]  # documents of these inputs inside the state
     last = {"state": None, "documents": 0, "saved_tokens": state.tokens if state else 0}
 

@@ -107,21 +107,23 @@ class BPETokenizer:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "BPETokenizer":
+        from ..files import read_json
+
+        return cls.from_spec(read_json(path), path)
+
+    @classmethod
+    def from_spec(cls, spec, path: str | os.PathLike) -> "BPETokenizer":
+        """The tokenizer of a saved file's parsed JSON ``spec``; ``path`` names the file in errors."""
+        from ..files import DataError
+
         tk = _require_tokenizers()
-        path = Path(path)
-        try:
-            spec = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise FileNotFoundError(f"tokenizer file not found: {path}") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{path}: not a tokenizer file ({e})") from None
         if not isinstance(spec, dict) or spec.get("type") != cls.kind or "tokenizer" not in spec:
-            raise ValueError(f"{path}: not a plasticlm BPE tokenizer (expected {{'type': 'bpe', 'tokenizer': ...}})")
+            raise DataError(f"{path}: not a plasticlm BPE tokenizer (expected {{'type': 'bpe', 'tokenizer': ...}})")
         try:
             hf = tk.Tokenizer.from_str(json.dumps(spec["tokenizer"]))
+            return cls(hf)
         except Exception as e:  # tokenizers raises its own Exception type on a malformed spec
-            raise ValueError(f"{path}: malformed BPE tokenizer ({e})") from None
-        return cls(hf)
+            raise DataError(f"{path}: malformed BPE tokenizer ({e})") from None
 
     # ---- vocabulary structure --------------------------------------------------------------
     def token_bytes(self, i: int) -> bytes:

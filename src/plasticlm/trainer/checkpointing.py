@@ -3,19 +3,20 @@
 A checkpoint is a directory ``out_dir/checkpoints/step_NNNNNNNN/``::
 
     model.safetensors, tokenizer.json   the model (plasticlm.checkpoint.load_model reads it)
-    optim.safetensors                   optimizer tensors; the rest of its state in trainer.json
+    optim.safetensors                   optimizer tensors; the rest of its state in optim.json
     trainer.json                        step, counters, schedule, config, optimizer groups
     rank{r}.safetensors, rank{r}.json   per rank: RNG states, carried recurrent state, data cursor
     manifest.json                       size and sha256 of every file above, written last
 
 All files go into a hidden temporary directory that is renamed into place once complete and
 synced, so a crash mid-write leaves the previous checkpoint as the newest. Loading checks the
-manifest first (a truncated or altered file is refused, naming it), then reads safetensors and
-JSON only: no file is ever unpickled, so a planted pickle cannot run code.
+manifest first (it must list every file above; a truncated or altered file is refused, naming
+it), then reads safetensors and JSON only: no file is ever unpickled, so a planted pickle cannot
+run code. Only real directories with a manifest count as checkpoints: a symlink named like one
+(say, to another run's step) is never resumed from, and rotation never deletes through one.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -25,11 +26,13 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import WEIGHTS
-from ..files import atomic_write
+from ..checkpoint import TOKENIZER, WEIGHTS, read_checkpoint
+from ..files import (MANIFEST, DataError, atomic_write, read_json, regular_file, verify_manifest,
+                     write_manifest)
 
-MANIFEST = "manifest.json"
 STEP_DIR = re.compile(r"^step_(\d{8})$")
+FILES = (WEIGHTS, TOKENIZER, "optim.safetensors", "optim.json", "trainer.json")
+"""What every checkpoint's manifest must list, beside the rank files of each of its ranks."""
 
 
 # -- nested state <-> (JSON, tensors) ------------------------------------------------------------
@@ -91,14 +94,6 @@ def write_state(directory: Path, name: str, state: dict[str, Any]) -> None:
     write_json(directory / f"{name}.json", skeleton)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def staging_dir(root: Path, step: int) -> Path:
     d = root / f".tmp-step_{step:08d}"
     d.mkdir(parents=True, exist_ok=True)
@@ -106,31 +101,44 @@ def staging_dir(root: Path, step: int) -> Path:
 
 
 def commit(root: Path, step: int, keep: int) -> Path:
-    """Write the manifest of the staged checkpoint, rename it into place, drop all but the last ``keep``."""
+    """Write the manifest of the staged checkpoint, rename it into place, drop older ones beyond ``keep``.
+
+    Rotation counts only checkpoints at or before ``step``: one newer than the checkpoint being
+    written (the run resumed from an older one) is never deleted, and neither is anything that is
+    not a real checkpoint directory (a symlink, a folder without a manifest).
+    """
     tmp, final = root / f".tmp-step_{step:08d}", root / f"step_{step:08d}"
     files = sorted(p.name for p in tmp.iterdir() if p.is_file() and not p.name.startswith("."))
-    write_json(tmp / MANIFEST, {"step": step, "files": {n: {"bytes": (tmp / n).stat().st_size,
-                                                             "sha256": _sha256(tmp / n)} for n in files}})
+    write_manifest(tmp, files, step=step, weights=[WEIGHTS])
     _fsync_dir(tmp)
-    if final.exists():  # a re-run of the same step (after a restart) replaces it
+    if final.is_symlink():  # a link in the way goes, never what it points to
+        final.unlink()
+    elif final.exists():  # a re-run of the same step (after a restart) replaces it
         shutil.rmtree(final)
     os.replace(tmp, final)
     _fsync_dir(root)
-    for old in list_checkpoints(root)[:-keep]:
+    older = [c for c in list_checkpoints(root) if step_of(c) <= step]
+    for old in older[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     for stale in root.glob(".tmp-step_*"):  # left by a crash mid-write
-        if stale != tmp:
+        if stale != tmp and not stale.is_symlink():
             shutil.rmtree(stale, ignore_errors=True)
     return final
 
 
 # -- reading -------------------------------------------------------------------------------------
 
+def step_of(checkpoint: Path) -> int:
+    return int(STEP_DIR.match(checkpoint.name).group(1))
+
+
 def list_checkpoints(root: Path) -> list[Path]:
-    """Complete checkpoints under ``root``, oldest first (staging directories are not listed)."""
-    if not root.is_dir():
+    """Complete checkpoints under ``root``, oldest first: real directories named step_N holding a
+    manifest (staging directories, symlinks and anything else are not listed)."""
+    if not root.is_dir() or root.is_symlink():
         return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and STEP_DIR.match(p.name))
+    return sorted(p for p in root.iterdir() if STEP_DIR.match(p.name) and not p.is_symlink() and p.is_dir()
+                  and (p / MANIFEST).is_file() and not (p / MANIFEST).is_symlink())
 
 
 def latest_checkpoint(root: Path) -> Path | None:
@@ -139,80 +147,73 @@ def latest_checkpoint(root: Path) -> Path | None:
 
 
 def verify(directory: Path) -> dict[str, Any]:
-    """Check every file against the manifest; a clear ValueError names the first bad one."""
-    mpath = directory / MANIFEST
-    if not mpath.is_file():
-        raise ValueError(f"{directory}: incomplete checkpoint (no {MANIFEST}); was it written by plasticlm?")
-    manifest = read_json(mpath)
-    for name, info in manifest.get("files", {}).items():
-        p = directory / name
-        if not p.is_file():
-            raise ValueError(f"{p}: missing from checkpoint {directory}")
-        size = p.stat().st_size
-        if size != info["bytes"]:
-            raise ValueError(f"{p}: truncated or altered: {size} bytes on disk, {info['bytes']} written")
-        if _sha256(p) != info["sha256"]:
-            raise ValueError(f"{p}: corrupt: its sha256 differs from the one recorded when it was written")
+    """Check every file against the manifest, which must list every file a checkpoint has; a
+    DataError names the first bad one. Returns the manifest."""
+    manifest = verify_manifest(directory, FILES)
+    trainer = read_json(directory / "trainer.json", within=directory)
+    world = trainer.get("world_size") if isinstance(trainer, dict) else None
+    if not isinstance(world, int) or world < 1:
+        raise DataError(f"{directory / 'trainer.json'}: world_size must be a count of ranks >= 1, got {world!r}")
+    missing = [f"rank{r}.{ext}" for r in range(world) for ext in ("json", "safetensors")
+               if f"rank{r}.{ext}" not in manifest["files"]]
+    if missing:
+        raise DataError(f"{directory / MANIFEST} does not list {', '.join(missing)}: the checkpoint is incomplete "
+                        "or was altered")
     return manifest
 
 
-def read_json(path: Path) -> Any:
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON (truncated or corrupt?): {e}") from None
-
-
 def read_tensors(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
-    """A safetensors file; anything else (a pickle, a truncated file) is refused unread."""
+    """A safetensors file of finite tensors; anything else (a pickle, a truncated file, NaNs) is refused."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{path} does not exist")
+    regular_file(path)
     try:
-        return load_file(str(path), device=device)
+        tensors = load_file(str(path), device=device)
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise ValueError(f"{path}: not a readable safetensors file (truncated, corrupt, or a pickle?); "
-                         f"refused: {e}") from None
+        raise DataError(f"{path}: not a readable safetensors file (truncated, corrupt, or a pickle?); "
+                        f"refused: {e}") from None
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise DataError(f"{path}: tensor {name} holds non-finite values (NaN or inf): refused")
+    return tensors
 
 
 def read_state(directory: Path, name: str) -> dict[str, Any]:
-    return join_tensors(read_json(directory / f"{name}.json"), read_tensors(directory / f"{name}.safetensors"))
-
-
-def resolve_weights(path: str | os.PathLike) -> Path:
-    """The weights file that ``init_from`` names: a run dir, a checkpoint dir, a model dir or a file."""
-    p = Path(path)
-    if p.is_file():
-        return p
-    if not p.is_dir():
-        raise FileNotFoundError(f"init_from: {p} does not exist")
-    newest = latest_checkpoint(p / "checkpoints")
-    for candidate in ([newest / WEIGHTS] if newest else []) + [p / WEIGHTS]:
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(f"init_from: {p} holds neither checkpoints/step_*/{WEIGHTS} nor {WEIGHTS}")
+    return join_tensors(read_json(directory / f"{name}.json", within=directory),
+                        read_tensors(directory / f"{name}.safetensors"))
 
 
 def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Model weights from safetensors, or from a torch file loaded with ``weights_only=True``.
+    """The weights ``checkpoint.init_from`` names (the caller checks that they fit its model).
 
-    Neither path can execute code: safetensors holds no code, and the restricted unpickler
-    refuses any global that is not a tensor type, before calling it.
+    ``path`` is a run dir (its newest checkpoint, else its top-level model), a checkpoint or model
+    dir, or a weights file. Folders, and files in a folder with a manifest, are verified as
+    :func:`plasticlm.checkpoint.read_checkpoint` does; a file from elsewhere has no manifest to
+    verify: safetensors, or a torch file loaded with ``weights_only=True``. None of these paths can
+    execute code: safetensors holds no code, and the restricted unpickler refuses any global that
+    is not a tensor type, before calling it.
     """
-    file = resolve_weights(path)
-    if file.suffix == ".safetensors":
-        if file.parent.joinpath(MANIFEST).is_file():
-            verify(file.parent)
-        return read_tensors(file)
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"init_from: {p} does not exist")
+    if p.is_dir():
+        return read_checkpoint(latest_checkpoint(p / "checkpoints") or p).tensors
+    if os.path.lexists(p.parent / MANIFEST):
+        manifest = verify_manifest(p.parent, [TOKENIZER])
+        if p.name not in manifest.get("weights", [WEIGHTS]):
+            raise DataError(f"init_from: {p.parent / MANIFEST} does not list {p.name} among the weights")
+        return read_checkpoint(p.parent, manifest=manifest).tensors
+    if p.suffix == ".safetensors":
+        return read_tensors(p)
+    regular_file(p)
     try:
-        obj = torch.load(file, map_location="cpu", weights_only=True)
+        obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError, RuntimeError, EOFError... all mean "refused"
-        raise ValueError(f"{file}: refused to load (weights_only=True allows tensors only): "
-                         f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+        raise DataError(f"{p}: refused to load (weights_only=True allows tensors only): "
+                        f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
     if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
         obj = obj["model"]
     if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):
-        raise ValueError(f"{file}: expected a mapping of parameter names to tensors")
+        raise DataError(f"{p}: expected a mapping of parameter names to tensors")
     return obj

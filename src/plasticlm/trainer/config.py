@@ -96,6 +96,12 @@ class CheckpointConfig:
     init_from: str = ""
     """Start from the weights of this checkpoint (a run dir, one of its checkpoints, or a model
     dir); optimizer, schedule and data start afresh. Used by stages."""
+    allow_changed: list = field(default_factory=list)
+    """Settings that may differ from the checkpoint's when resuming, e.g. [optim.lr, steps] (a
+    section name, such as optim, covers its fields). Resuming with any other change to what the
+    run computes (model, optimizer, data, loss, seed, steps, ...; not out_dir, device, log or
+    checkpoint settings) is refused, naming each changed field, so that a resumed run continues
+    the run that was started unless the change is deliberate."""
 
 
 @dataclass
@@ -184,6 +190,11 @@ class TrainConfig:
                              "(lower it with the sequence length; 0 means seq_len)")
         if not 0 <= self.optim.warmup_steps or not 0 < self.optim.decay_fraction <= 1:
             raise ValueError("optim.warmup_steps must be >= 0 and optim.decay_fraction in (0, 1]")
+        known = {k for key in _flat(to_dict(self)) for k in _prefixes(key)}
+        for name in self.checkpoint.allow_changed:
+            if name not in known:
+                raise ValueError(f"checkpoint.allow_changed: {name!r} is not a setting (e.g. optim.lr, steps, or "
+                                 "a section such as optim)")
         if self.checkpoint.keep < 1 or self.checkpoint.every < 0:
             raise ValueError(f"checkpoint.keep must be >= 1 and checkpoint.every >= 0, got {self.checkpoint.keep}, "
                              f"{self.checkpoint.every}")
@@ -201,6 +212,39 @@ class TrainConfig:
         if self.backprop == "segment" and not arch.segment:
             raise ValueError(f"backprop='segment' needs the plasticlm architecture; use backprop=full for "
                              f"arch={self.arch!r}")
+
+
+RESUME_FREE = ("out_dir", "device", "log", "checkpoint", "compile", "storage", "eval_tokens", "dist.backend")
+"""Settings a resumed run may change without a word: where it runs, how it reports, saves and
+checks itself, none of what it computes."""
+
+
+def changed_on_resume(saved: Any, cfg: TrainConfig, allowed: bool = True) -> list[tuple[str, Any, Any]]:
+    """(setting, checkpoint's value, this run's value) for each setting of ``cfg`` that differs from
+    ``saved`` (a checkpoint's ``to_dict(config)``), except :data:`RESUME_FREE` and, when ``allowed``,
+    what ``cfg.checkpoint.allow_changed`` names."""
+    then, now = _flat(saved if isinstance(saved, dict) else {}), _flat(to_dict(cfg))
+    free = RESUME_FREE + (tuple(cfg.checkpoint.allow_changed) if allowed else ())
+    missing = "(not set)"
+    return [(k, then.get(k, missing), now.get(k, missing)) for k in sorted(set(then) | set(now))
+            if then.get(k, missing) != now.get(k, missing) and _prefixes(k).isdisjoint(free)]
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as {dotted name: value}; an empty mapping is a value of its own."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _prefixes(key: str) -> set[str]:
+    """'a.b.c' -> {'a', 'a.b', 'a.b.c'}."""
+    parts = key.split(".")
+    return {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
 
 
 def _positive(name, v) -> None:

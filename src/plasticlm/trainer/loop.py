@@ -24,12 +24,13 @@ from pathlib import Path
 import torch
 
 from .. import archs
-from ..checkpoint import WEIGHTS, save_weights
+from ..checkpoint import WEIGHTS, check_tensors, read_checkpoint, save_weights
 from ..data.stream import Batch
 from ..device import pick_device
+from ..files import DataError, read_json
 from ..state import State
 from . import checkpointing as ck
-from .config import TrainConfig, to_dict
+from .config import TrainConfig, changed_on_resume, to_dict
 from .distributed import Dist, shard_fsdp
 from .losses import band_edges, proxy_penalty, ramp_weights, retention_mass
 from .metrics import RunLogger, read_metrics
@@ -92,10 +93,10 @@ class Trainer:
                              f"arch={cfg.arch!r} model")
         model = archs.build(cfg.arch, cfg.model) if model is None else model
         if cfg.checkpoint.init_from:
-            missing = model.load_state_dict(ck.load_weights(cfg.checkpoint.init_from), strict=False)
-            if missing.missing_keys or missing.unexpected_keys:
-                raise ValueError(f"checkpoint.init_from={cfg.checkpoint.init_from}: weights do not fit the model "
-                                 f"(missing {missing.missing_keys[:3]}, unexpected {missing.unexpected_keys[:3]})")
+            weights = ck.load_weights(cfg.checkpoint.init_from)
+            check_tensors(weights, archs.meta_state_dict(cfg.arch, cfg.model),
+                          f"checkpoint.init_from={cfg.checkpoint.init_from}")
+            model.load_state_dict(weights)
         self.model = model.to(self.device)
         if cfg.compile:
             for block in getattr(model, "blocks", []):
@@ -335,7 +336,8 @@ class Trainer:
         d.barrier()
         path = self.ckpt_root / f"step_{self.step:08d}"
         if d.main:
-            save_weights(tmp, self.cfg.model, model_sd, self.tokenizer, {"arch": self.cfg.arch, "step": self.step})
+            save_weights(tmp, self.cfg.model, model_sd, self.tokenizer, {"arch": self.cfg.arch, "step": self.step},
+                         manifest=False)  # commit writes the manifest of every file
             ck.write_state(tmp, "optim", optim_sd)
             ck.write_json(tmp / "trainer.json", {
                 "step": self.step, "tokens": self.tokens, "skipped": self.skipped, "bad_in_row": self.bad_in_row,
@@ -345,12 +347,29 @@ class Trainer:
         return path
 
     def load_checkpoint(self, path: Path) -> None:
-        ck.verify(path)
-        meta = ck.read_json(path / "trainer.json")
+        """Resume from ``path``: verified (every file against the manifest, the weights against this
+        run's model), and only with this run's settings, but for those the config allows to change."""
+        manifest = ck.verify(path)
+        meta = read_json(path / "trainer.json", within=path)
         if meta["world_size"] != self.dist.world_size:
             raise ValueError(f"{path} was written by {meta['world_size']} ranks, this run has {self.dist.world_size}; "
                              "resume with the same number of processes (or start a new out_dir with init_from)")
-        weights = ck.read_tensors(path / WEIGHTS)
+        changed = changed_on_resume(meta.get("config"), self.cfg)
+        if changed:
+            names = [k for k, _, _ in changed]
+            shown = "; ".join(f"{k} {then!r} -> {now!r}" for k, then, now in changed[:10])
+            raise ValueError(f"{path}: this run's settings differ from those of the checkpoint it would resume: "
+                             + shown + (f"; and {len(changed) - 10} more" if len(changed) > 10 else "")
+                             + f". To start afresh, use another out_dir (or delete {self.ckpt_root}); to continue "
+                             f"with the change on purpose, add checkpoint.allow_changed=[{','.join(names)}] (safe for "
+                             "settings such as optim.lr or steps; a changed model must still fit the saved weights)")
+        for key in ("step", "tokens", "skipped", "bad_in_row"):
+            if not isinstance(meta.get(key), int) or meta[key] < 0:
+                raise DataError(f"{path / 'trainer.json'}: {key} must be a count >= 0, got {meta.get(key)!r}")
+        if meta["step"] != ck.step_of(path):
+            raise DataError(f"{path / 'trainer.json'}: step {meta['step']} in a checkpoint named {path.name}")
+        weights = read_checkpoint(path, manifest=manifest).tensors
+        check_tensors(weights, archs.meta_state_dict(self.cfg.arch, self.cfg.model), str(path / WEIGHTS))
         optim = ck.read_state(path, "optim")
         if self.fsdp:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
@@ -359,7 +378,15 @@ class Trainer:
                            options=StateDictOptions(full_state_dict=True))
         else:
             self.model.load_state_dict(weights)
-            self.opt.load_state_dict(optim)
+            try:
+                self.opt.load_state_dict(optim)
+            except (ValueError, KeyError, TypeError) as e:
+                raise DataError(f"{path / 'optim.json'}: does not fit this run's optimizer: {e}") from None
+            for p, state in self.opt.state.items():  # torch checks the groups, not the moments' shapes
+                for key, t in state.items():
+                    if torch.is_tensor(t) and t.dim() and t.shape != p.shape:
+                        raise DataError(f"{path / 'optim.safetensors'}: optimizer {key} of shape {tuple(t.shape)} "
+                                        f"for a parameter of shape {tuple(p.shape)}")
         mine = ck.read_state(path, f"rank{self.dist.rank}")
         torch.set_rng_state(mine["rng"]["torch"])
         if "cuda" in mine["rng"] and self.device.type == "cuda":
@@ -461,12 +488,14 @@ def train(cfg: TrainConfig, progress: bool = True, on_eval=None) -> dict:
 
 
 def run_plan(configs: list[TrainConfig], progress: bool = True) -> list[dict]:
-    """Train the stages in order; a stage whose summary says it finished is not run again."""
+    """Train the stages in order; a stage whose summary says it finished with these settings is not
+    run again (with other settings, resuming it says what changed)."""
     summaries = []
     for cfg in configs:
         done = Path(cfg.out_dir) / "summary.json"
-        if done.exists() and json.loads(done.read_text()).get("steps") == cfg.steps:
-            summaries.append(json.loads(done.read_text()))
+        summary = read_json(done) if done.exists() else {}
+        if summary.get("steps") == cfg.steps and not changed_on_resume(summary.get("config"), cfg, allowed=False):
+            summaries.append(summary)
             continue
         summaries.append(train(cfg, progress=progress))
     return summaries
