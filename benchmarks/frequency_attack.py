@@ -27,8 +27,8 @@ import numpy as np
 
 from plasticlm.data.shards import TokenShard, prepare
 from plasticlm.data.shuffled import VocabShuffle, VocabStats, attack_recovery, frequency_attack
-from plasticlm.data.streams import ShuffledConfig, ShuffledStream
-from plasticlm.data.tokenizer import BPETokenizer
+from plasticlm.data.pretraining import ShuffledConfig, ShuffledStream
+from plasticlm.tokenizer import BPETokenizer
 
 OUT = Path(__file__).resolve().parent / "results"
 

@@ -29,7 +29,7 @@ from plasticlm import archs
 from plasticlm.checkpoint import model_id
 from plasticlm.cli import main
 from plasticlm.reading import Reader, ReadState
-from plasticlm.trainer import checkpointing as ck
+from plasticlm.trainer import run_state as ck
 
 from .trainer.conftest import TINY
 

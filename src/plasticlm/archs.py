@@ -36,6 +36,8 @@ class Arch:
     """Config fields the name implies (``gla`` is a RecurrentConfig with mixer='gla')."""
     trained_by: str = "plasticlm train"
     """The command that trains it."""
+    weights: str = "model.safetensors"
+    """The file of a checkpoint folder that holds its weights."""
     segment: bool = False
     """Whether the exact segment trainer (``backprop: segment``) applies to it."""
     blocks: str = "n_layers"
@@ -64,7 +66,7 @@ register(Arch("mamba2", "fla's Mamba2 mixer in pre-norm SwiGLU blocks",
               "plasticlm.baselines.fla_models:RecurrentAsLM", fixed={"mixer": "mamba2"}))
 register(Arch("aunn", "Absolute Unit NN: index -> token, reads by gradient steps", "plasticlm.aunn.config:AUNNConfig",
               "plasticlm.aunn.model:AUNN", "plasticlm.aunn.online:AUNNAsLM", trained_by="plasticlm aunn train",
-              blocks="depth"))
+              blocks="depth", weights="aunn.safetensors"))
 
 
 def get(name: str) -> Arch:

@@ -6,7 +6,7 @@ A checkpoint is a directory::
     tokenizer.json      the tokenizer (plasticlm.tokenizer.load_tokenizer)
     manifest.json       size and sha256 of both, and which files hold the weights; written last
 
-A training checkpoint (``plasticlm.trainer.checkpointing``) is one with more files in its
+A training checkpoint (``plasticlm.trainer.run_state``) is one with more files in its
 manifest; an AUNN's (``plasticlm.aunn.offline``) keeps its weights in aunn.safetensors. The
 manifest's ``weights`` list names the weight files, so that a model may be split over several.
 
@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -145,12 +146,31 @@ def read_checkpoint(directory: str | os.PathLike, device: str | torch.device = "
     return Checkpoint(arch, config, tensors, tokenizer, meta, mid)
 
 
+STEP_DIR = re.compile(r"^step_(\d{8})$")
+"""A training checkpoint's folder under RUN/checkpoints/ (written by plasticlm.trainer.run_state)."""
+
+
+def step_of(checkpoint: Path) -> int:
+    return int(STEP_DIR.match(checkpoint.name).group(1))
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoints under ``root``, oldest first: real directories named step_N holding a
+    manifest (staging directories, symlinks and anything else are not listed)."""
+    if not root.is_dir() or root.is_symlink():
+        return []
+    return sorted(p for p in root.iterdir() if STEP_DIR.match(p.name) and not p.is_symlink() and p.is_dir()
+                  and (p / MANIFEST).is_file() and not (p / MANIFEST).is_symlink())
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    found = list_checkpoints(root)
+    return found[-1] if found else None
+
+
 def _no_manifest(d: Path):
     """The error for a folder without a manifest: no checkpoint at all, or one that cannot be verified."""
-    from .aunn.offline import WEIGHTS as AUNN_WEIGHTS
-    from .trainer.checkpointing import latest_checkpoint
-
-    if not any(os.path.lexists(d / name) for name in (WEIGHTS, AUNN_WEIGHTS)):
+    if not any(os.path.lexists(d / a.weights) for a in archs.ARCHS.values()):
         raise FileNotFoundError(f"no checkpoint at {d}: {d / MANIFEST} does not exist")
     newest = latest_checkpoint(d / "checkpoints")
     hint = f"; its newest training checkpoint, {newest}, has one: load that" if newest else ""

@@ -19,7 +19,7 @@ def paragraphs() -> list[str]:
 
 @pytest.fixture(scope="session")
 def bpe(paragraphs):
-    from plasticlm.data.tokenizer import BPETokenizer
+    from plasticlm.tokenizer import BPETokenizer
 
     return BPETokenizer.train(paragraphs, vocab_size=1000)
 

@@ -183,7 +183,7 @@ def test_build_offline_from_this_machines_man_pages(tmp_path):
     docs = list(read_corpus(tmp_path / "out" / "graph.jsonl", skips=skips))
     assert skips.total == 0 and len(docs) == r["corpora"]["graph"]["documents"]
     assert all(d.text.startswith("NAME") for d in docs)
-    from plasticlm.data.tokenizer import BPETokenizer
+    from plasticlm.tokenizer import BPETokenizer
 
     g = LinkedGraph.from_documents(docs, BPETokenizer.load(tmp_path / "out" / "tokenizer.json"))
     assert g.n_dangling == 0  # the builder writes resolved citations only

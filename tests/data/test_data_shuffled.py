@@ -9,7 +9,7 @@ from plasticlm.data.shuffled import (
     attack_recovery,
     frequency_attack,
 )
-from plasticlm.data.tokenizer import SPECIAL
+from plasticlm.tokenizer import SPECIAL
 
 
 @pytest.fixture(scope="module")

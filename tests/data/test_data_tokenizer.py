@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from plasticlm.data.tokenizer import (
+from plasticlm.tokenizer import (
     CONTINUATION,
     DIGIT_PUNCT,
     OTHER,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from plasticlm.cli import main
 from plasticlm.tokenizer import ByteTokenizer
-from plasticlm.trainer.streams import _byte_stream, register_stream
+from plasticlm.trainer.stream_kinds import _byte_stream, register_stream
 
 
 class Parking:

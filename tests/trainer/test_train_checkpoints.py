@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from plasticlm.checkpoint import load_model
-from plasticlm.trainer import checkpointing as ck
+from plasticlm.trainer import run_state as ck
 from plasticlm.trainer.loop import Trainer, train
 
 from .conftest import TINY, assert_same_weights, final_weights, tiny_config
@@ -22,7 +22,7 @@ from .conftest import TINY, assert_same_weights, final_weights, tiny_config
 DIE_IN_WRITE = textwrap.dedent("""
     import os, signal, sys
     from pathlib import Path
-    from plasticlm.trainer import checkpointing as ck
+    from plasticlm.trainer import run_state as ck
     write = ck.write_tensors
     def dying(path, tensors, meta=None):
         write(path, tensors, meta)

@@ -9,7 +9,7 @@ import torch
 from plasticlm import PlasticLM
 from plasticlm.trainer.config import load_config, load_plan, shipped_recipes
 from plasticlm.trainer.loop import Trainer, run_plan
-from plasticlm.trainer.streams import is_registered
+from plasticlm.trainer.stream_kinds import is_registered
 
 from .conftest import TINY, final_weights
 
@@ -27,7 +27,7 @@ def test_every_recipes_stream_kind_is_registered(recipe):
     for cfg in load_plan(recipe):
         if cfg.data.kind in STAGE_KINDS and not is_registered(cfg.data.kind):
             pytest.skip(f"stream kind {cfg.data.kind!r} is not registered yet: the issue-3 pretraining streams "
-                        "plug in with plasticlm.trainer.streams.register_stream")
+                        "plug in with plasticlm.trainer.stream_kinds.register_stream")
         assert is_registered(cfg.data.kind), f"{recipe}: data.kind {cfg.data.kind!r} is not registered"
 
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from plasticlm.tokenizer import ByteTokenizer
-from plasticlm.trainer import checkpointing as ck
+from plasticlm.trainer import run_state as ck
 from plasticlm.trainer.loop import Trainer, TrainingError, train
 from plasticlm.trainer.metrics import read_metrics
-from plasticlm.trainer.streams import _byte_stream, register_stream
+from plasticlm.trainer.stream_kinds import _byte_stream, register_stream
 
 from .conftest import TINY, tiny_config
 

@@ -46,7 +46,7 @@ def test_resume_is_bit_identical(tmp_path, extra, k):
 
 
 def test_stream_state_dict_gives_the_same_next_batches(tmp_path):
-    from plasticlm.trainer.streams import build_stream
+    from plasticlm.trainer.stream_kinds import build_stream
 
     data = tiny_config(tmp_path, "data.seq_len=96", "data.min_len=8").data
     a = build_stream(data, seed=3)
@@ -61,7 +61,7 @@ def test_stream_state_dict_gives_the_same_next_batches(tmp_path):
 
 
 def test_byte_stream_serves_whole_sequences_of_one_length_per_batch(tmp_path):
-    from plasticlm.trainer.streams import build_stream, byte_ids
+    from plasticlm.trainer.stream_kinds import build_stream, byte_ids
 
     s = build_stream(tiny_config(tmp_path, "data.seq_len=96", "data.min_len=24").data)
     text = byte_ids("builtin")
@@ -104,7 +104,7 @@ class Ragged:
         self.g, self.n = torch.Generator().manual_seed(seed), 0
 
     def next_batch(self):
-        from plasticlm.data.stream import Batch
+        from plasticlm.data.batch import Batch
 
         T = max(self.lengths)
         seq = torch.randint(0, 256, (len(self.lengths), T + 1), generator=self.g)
@@ -131,7 +131,7 @@ def test_whole_sequence_step_equals_full_autograd_and_steps_once_per_batch(tmp_p
 
     from plasticlm.tokenizer import ByteTokenizer
     from plasticlm.trainer.segment import segment_loss
-    from plasticlm.trainer.streams import register_stream
+    from plasticlm.trainer.stream_kinds import register_stream
 
     register_stream("ragged", lambda data, **kw: Ragged(kw["seed"]), lambda data: ByteTokenizer())
     for mode in ("whole", "window"):

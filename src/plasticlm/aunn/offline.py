@@ -16,13 +16,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import archs
 from ..checkpoint import load_model, save_weights
 from ..files import DataError, atomic_write
 from ..tokenizer import Tokenizer
 from .config import OfflineConfig
 from .model import AUNN
 
-WEIGHTS = "aunn.safetensors"
+WEIGHTS = archs.get("aunn").weights
 
 
 def check_stream(tokens: Any) -> torch.Tensor | np.ndarray:

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from ..tokenizer import ByteTokenizer
 from ..device import pick_device
-from ..trainer.streams import load_text
+from ..trainer.stream_kinds import load_text
 from .config import AUNNRunConfig
 from .model import AUNN
 from .offline import OfflineTrainer, save_aunn

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
-from .corpus import Document
+from .records import Document
 
 
 class HubUnreachable(ValueError):

@@ -331,7 +331,7 @@ def build_offline(out_dir: str | Path, cfg: BuildConfig = BuildConfig(), *, inst
                   progress: bool = True) -> dict:
     """Build the four corpora under ``out_dir``; returns the report (also report.json / report.md)."""
     from .linked import LinkedGraph
-    from .tokenizer import BPETokenizer
+    from ..tokenizer import BPETokenizer
 
     t0 = time.time()
     out = Path(out_dir)

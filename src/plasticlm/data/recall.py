@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .stream import Batch
+from .batch import Batch
 
 IGNORE = -100  # target of an unscored position in the generators' output
 

@@ -189,7 +189,7 @@ def prepare(source: str, out_dir: str | os.PathLike, *, tokenizer: str | None = 
     if tokenizer is not None:
         tok = load_tokenizer(tokenizer)
     else:
-        from .tokenizer import BPETokenizer
+        from ..tokenizer import BPETokenizer
 
         def train_texts():
             for d in docs():

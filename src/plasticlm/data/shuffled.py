@@ -38,7 +38,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .tokenizer import CATEGORY_NAMES, CONTINUATION, SPECIAL, WORD_INITIAL
+from ..tokenizer import CATEGORY_NAMES, CONTINUATION, SPECIAL, WORD_INITIAL
 
 ROSETTA_OPEN, ROSETTA_SEP, ROSETTA_NEXT, ROSETTA_CLOSE = "[CTRL0]", "[SEP]", "[CTRL1]", "[CTRL2]"
 

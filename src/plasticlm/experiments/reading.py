@@ -112,7 +112,7 @@ def loss_by_position(lm, streams: torch.Tensor, reset_every: int | None) -> list
 
 def held_out_streams(cfg: Config) -> torch.Tensor:
     """(N, position_tokens + 1) consecutive byte streams of the held-out tail, each after [BOS]."""
-    from ..trainer.streams import byte_ids
+    from ..trainer.stream_kinds import byte_ids
 
     ids = byte_ids("builtin")
     tail = ids[-int(len(ids) * cfg.valid_fraction):]

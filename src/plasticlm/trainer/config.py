@@ -25,7 +25,7 @@ RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 @dataclass
 class DataConfig:
     kind: str = "bytes"
-    """Stream kind, looked up in ``plasticlm.trainer.streams`` ('bytes': whole sequences of UTF-8
+    """Stream kind, looked up in ``plasticlm.trainer.stream_kinds`` ('bytes': whole sequences of UTF-8
     bytes; 'traditional', 'linked', 'shuffled': the pretraining tasks; tasks registered there)."""
     source: str = "builtin"
     """'builtin' (the embedded standard-library docstring corpus), a UTF-8 text file, or for the

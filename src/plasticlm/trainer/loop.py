@@ -25,17 +25,17 @@ import torch
 
 from .. import archs
 from ..checkpoint import WEIGHTS, check_tensors, read_checkpoint, save_weights
-from ..data.stream import Batch
+from ..data.batch import Batch
 from ..device import pick_device
 from ..files import DataError, read_json
 from ..state import State
-from . import checkpointing as ck
+from . import run_state as ck
 from .config import TrainConfig, changed_on_resume, to_dict
 from .distributed import Dist, shard_fsdp
 from .losses import band_edges, proxy_penalty, ramp_weights, retention_mass
 from .metrics import RunLogger, read_metrics
 from .segment import segment_backward, segment_loss
-from .streams import build_stream, stream_tokenizer
+from .stream_kinds import build_stream, stream_tokenizer
 
 
 class TrainingError(RuntimeError):

@@ -7,15 +7,15 @@ import torch
 
 from plasticlm.data.linked import LinkedGraph
 from plasticlm.data.shuffled import VocabStats
-from plasticlm.data.stream import Stream
-from plasticlm.data.streams import (
+from plasticlm.data.batch import Stream
+from plasticlm.data.pretraining import (
     LinkedConfig,
     LinkedStream,
     ShuffledConfig,
     ShuffledStream,
     TraditionalConfig,
     TraditionalStream,
-    build_stream,
+    pretraining_stream,
 )
 
 PAD, BOS, EOS = 0, 1, 2
@@ -201,19 +201,19 @@ def test_shuffled_sequence_weights_and_inverse(token_docs, bpe):
 
 def test_factory_from_prepared_directory(prepared, tmp_path, bpe):
     for kind in ("traditional", "shuffled"):
-        s = build_stream(kind, data=prepared, seq_len=64, batch_size=2, min_tokens=64 if kind == "traditional" else 500,
+        s = pretraining_stream(kind, data=prepared, seq_len=64, batch_size=2, min_tokens=64 if kind == "traditional" else 500,
                          **({"rosetta": 10, "rosetta_top": 50, "pool": 100} if kind == "shuffled" else {}))
         b = s.next_batch()
         assert b.tokens.shape[0] == 2 and b.tokens.dtype == torch.long and b.weights.dtype == torch.float32
     with pytest.raises(ValueError, match="unknown stream kind 'wiki'"):
-        build_stream("wiki", data=prepared)
+        pretraining_stream("wiki", data=prepared)
     with pytest.raises(ValueError, match=r"unknown config fields \['seqlen'\]"):
-        build_stream("traditional", data=prepared, seqlen=3)
+        pretraining_stream("traditional", data=prepared, seqlen=3)
     with pytest.raises(ValueError, match="rank < world_size"):
-        build_stream("traditional", data=prepared, rank=2, world_size=2)
+        pretraining_stream("traditional", data=prepared, rank=2, world_size=2)
     graph = tmp_path / "g.jsonl"
     graph.write_text("".join(json.dumps({"id": f"p{i}", "text": "word " * 50, "cites": [f"p{(i + 1) % 10}", "missing"]})
                              + "\n" for i in range(10)))
-    s = build_stream("linked", data=graph, tokenizer=bpe, seq_len=32, batch_size=2, min_tokens=200)
+    s = pretraining_stream("linked", data=graph, tokenizer=bpe, seq_len=32, batch_size=2, min_tokens=200)
     assert s.skips.counts["dangling citation (no page with that id)"] == 10
     assert s.next_batch().reset.all()

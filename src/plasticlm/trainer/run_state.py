@@ -19,18 +19,16 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..checkpoint import TOKENIZER, WEIGHTS, read_checkpoint
+from ..checkpoint import TOKENIZER, WEIGHTS, latest_checkpoint, list_checkpoints, read_checkpoint, step_of
 from ..files import (MANIFEST, DataError, atomic_write, read_json, regular_file, verify_manifest,
                      write_manifest)
 
-STEP_DIR = re.compile(r"^step_(\d{8})$")
 FILES = (WEIGHTS, TOKENIZER, "optim.safetensors", "optim.json", "trainer.json")
 """What every checkpoint's manifest must list, beside the rank files of each of its ranks."""
 
@@ -127,24 +125,6 @@ def commit(root: Path, step: int, keep: int) -> Path:
 
 
 # -- reading -------------------------------------------------------------------------------------
-
-def step_of(checkpoint: Path) -> int:
-    return int(STEP_DIR.match(checkpoint.name).group(1))
-
-
-def list_checkpoints(root: Path) -> list[Path]:
-    """Complete checkpoints under ``root``, oldest first: real directories named step_N holding a
-    manifest (staging directories, symlinks and anything else are not listed)."""
-    if not root.is_dir() or root.is_symlink():
-        return []
-    return sorted(p for p in root.iterdir() if STEP_DIR.match(p.name) and not p.is_symlink() and p.is_dir()
-                  and (p / MANIFEST).is_file() and not (p / MANIFEST).is_symlink())
-
-
-def latest_checkpoint(root: Path) -> Path | None:
-    found = list_checkpoints(root)
-    return found[-1] if found else None
-
 
 def verify(directory: Path) -> dict[str, Any]:
     """Check every file against the manifest, which must list every file a checkpoint has; a

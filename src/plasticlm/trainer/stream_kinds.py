@@ -1,6 +1,6 @@
 """Where the trainer's batches come from: stream kinds by name, and the built-in byte stream.
 
-The trainer reads data only through the :class:`plasticlm.data.stream.Stream` protocol. A kind
+The trainer reads data only through the :class:`plasticlm.data.batch.Stream` protocol. A kind
 is registered with :func:`register_stream` as ``build(data: DataConfig, *, split, rank,
 world_size, seed) -> Stream`` and ``tokenizer(data) -> Tokenizer``; the pretraining tasks
 ('traditional', 'linked', 'shuffled') plug in the same way.
@@ -18,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..data.stream import Batch, Stream
+from ..data.batch import Batch, Stream
 from ..tokenizer import ByteTokenizer
 from .config import DataConfig
 
@@ -131,7 +131,7 @@ def _byte_stream(data: DataConfig, *, split: str, rank: int, world_size: int, se
 register_stream("bytes", _byte_stream, lambda data: ByteTokenizer())
 
 
-# ---- the pretraining tasks of DESIGN 4 (plasticlm.data.streams) -------------------------------
+# ---- the pretraining tasks of DESIGN 4 (plasticlm.data.pretraining) -------------------------------
 # data.source is a directory written by `plasticlm prepare`; data.options holds the kind's own
 # config fields (e.g. min_tokens, rosetta, ramp_tokens). The shuffled task trains on the
 # holdout split and validates on a shuffled valid split; the others use train and valid.
@@ -140,13 +140,13 @@ TASK_SPLITS = {"traditional": ("train", "valid"), "linked": ("train", "valid"), 
 
 def _task_stream(kind: str):
     def build(data: DataConfig, *, split: str, rank: int, world_size: int, seed: int) -> Stream:
-        from ..data.streams import build_stream as build_task
+        from ..data.pretraining import pretraining_stream
 
         if split not in ("train", "valid"):
             raise ValueError(f"{kind} stream: split must be 'train' or 'valid', got {split!r}")
         opts = {"seq_len": data.seq_len, "batch_size": data.batch_size // world_size,
                 "seed": seed if split == "train" else seed + 1, **data.options}
-        return build_task(kind, data=_prepared_source(data), split=TASK_SPLITS[kind][split == "valid"], rank=rank,
+        return pretraining_stream(kind, data=_prepared_source(data), split=TASK_SPLITS[kind][split == "valid"], rank=rank,
                           world_size=world_size, **opts)
 
     return build

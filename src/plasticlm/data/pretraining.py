@@ -1,7 +1,7 @@
-"""The three pretraining streams (DESIGN 4), each a resumable :class:`~plasticlm.data.stream.Stream`
+"""The three pretraining streams (DESIGN 4), each a resumable :class:`~plasticlm.data.batch.Stream`
 of whole sequences.
 
-``build_stream(kind, data=..., tokenizer=..., rank=0, world_size=1, **config)`` makes one by
+``pretraining_stream(kind, data=..., tokenizer=..., rank=0, world_size=1, **config)`` makes one by
 name: ``traditional``, ``linked`` or ``shuffled``; ``config`` fills that kind's dataclass
 (:class:`TraditionalConfig`, :class:`LinkedConfig`, :class:`ShuffledConfig`), and an unknown
 field is an error naming it. ``data`` is a directory written by ``plasticlm prepare`` (the split
@@ -48,7 +48,7 @@ import torch
 
 from .corpus import SkipLog
 from .linked import LinkedGraph
-from .stream import Batch
+from .batch import Batch
 
 log = logging.getLogger("plasticlm.data")
 
@@ -450,7 +450,7 @@ def make_config(kind: str, **fields):
     return cls(**fields)
 
 
-def build_stream(kind: str, *, data, tokenizer=None, split: str | None = None, rank: int = 0,
+def pretraining_stream(kind: str, *, data, tokenizer=None, split: str | None = None, rank: int = 0,
                  world_size: int = 1, stats=None, **config):
     """A stream of ``kind`` ('traditional', 'linked', 'shuffled') over ``data``.
 
