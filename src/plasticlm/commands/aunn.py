@@ -64,32 +64,9 @@ def parse_overrides(items: list[str], base: dict | None = None) -> dict:
     """``a.b=value`` pairs (values parsed as YAML scalars) merged into a copy of ``base``."""
     import copy
 
-    data = copy.deepcopy(base or {})
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} must look like key=value (e.g. train.lr=1e-3)")
-        key, raw = item.split("=", 1)
-        node = data
-        *parents, leaf = key.strip().split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"override {item!r}: {part!r} is not a section")
-        node[leaf] = _scalar(raw)
-    return data
+    from ..settings import apply_overrides
 
-
-def _scalar(raw: str):
-    """A YAML scalar, except that '3e-3' is a number (YAML 1.1 reads it as a string)."""
-    import yaml
-
-    value = yaml.safe_load(raw)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    return value
+    return apply_overrides(copy.deepcopy(base or {}), items, example="train.lr=1e-3")
 
 
 def run_train(args) -> int:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
+from ..settings import parse_override
 
 from ..lm import LM
 
@@ -101,10 +101,10 @@ def _typed(key: str, default: Any, value: Any) -> Any:
 
 
 def _split(item: str) -> tuple[str, Any]:
-    key, eq, value = item.partition("=")
-    if not eq or "." not in key:
+    key, value = parse_override(item, example="perplexity.max_docs=10")
+    if "." not in key:
         raise ValueError(f"override {item!r} must look like suite.field=value, e.g. perplexity.max_docs=10")
-    return key.strip(), yaml.safe_load(value)
+    return key, value
 
 
 def config_dict(cfg) -> dict[str, Any]:
