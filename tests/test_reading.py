@@ -10,7 +10,7 @@ import torch
 
 from plasticlm import ModelConfig, PlasticLM, State
 from plasticlm.checkpoint import save_model
-from plasticlm.reading import Corpus, Reader, ReadState
+from plasticlm.reading import Documents, Reader, ReadState
 from plasticlm.tokenizer import ByteTokenizer
 
 DOCS = ["The cat sat on the mat.\n" * 7, "Ünïcödé ✓ — 日本語のテキスト 🙂\n", "short", "x" * 130,
@@ -213,19 +213,19 @@ def test_corpus_files_jsonl_and_folders(tmp_path):
     (sub / "blob.bin").write_bytes(b"\x00\x01binary")
     (sub / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
     (sub / "empty.txt").write_text("")
-    corpus = Corpus([tmp_path / "a.txt", tmp_path / "d.jsonl", sub], field="body")
+    corpus = Documents([tmp_path / "a.txt", tmp_path / "d.jsonl", sub], field="body")
     assert ["".join(d) for d in corpus] == ["alpha\n", "one", "two", "beta", "gamma"]
     assert {k: len(v) for k, v in corpus.skipped.items()} == {"hidden": 1, "binary": 1, "not UTF-8": 1, "empty": 1}
     assert corpus.bytes_read == corpus.total_bytes
-    skipped = Corpus([tmp_path / "a.txt", tmp_path / "d.jsonl", sub], field="body", skip_documents=2)
+    skipped = Documents([tmp_path / "a.txt", tmp_path / "d.jsonl", sub], field="body", skip_documents=2)
     assert ["".join(d) for d in skipped] == ["two", "beta", "gamma"]
-    assert ["".join(d) for d in Corpus([sub], glob="*.txt")] == ["gamma"]
+    assert ["".join(d) for d in Documents([sub], glob="*.txt")] == ["gamma"]
 
 
 def test_large_file_is_read_in_blocks(tmp_path):
     text = "".join(f"line {i} ünï\n" for i in range(3000)) + "x" * 5000  # ends with one long line
     (tmp_path / "big.txt").write_text(text)
-    blocks = list(next(iter(Corpus([tmp_path / "big.txt"], block_chars=1000))))
+    blocks = list(next(iter(Documents([tmp_path / "big.txt"], block_chars=1000))))
     assert "".join(blocks) == text and len(blocks) > 30
     assert all(len(b) <= 2000 for b in blocks)
     assert all(b.endswith("\n") for b in blocks[:-6])  # cut after a newline, except inside the long line
@@ -248,13 +248,13 @@ def test_bad_named_inputs(tmp_path):
     (tmp_path / "empty.txt").write_text("")
     (tmp_path / "nothing").mkdir()
     with pytest.raises(ValueError, match="blob.bin: the file is binary"):
-        list(Corpus([tmp_path / "blob.bin"]))
+        list(Documents([tmp_path / "blob.bin"]))
     with pytest.raises(ValueError, match="empty.txt: the file is empty"):
-        list(Corpus([tmp_path / "empty.txt"]))
+        list(Documents([tmp_path / "empty.txt"]))
     with pytest.raises(FileNotFoundError, match="input not found"):
-        Corpus([tmp_path / "missing.txt"])
+        Documents([tmp_path / "missing.txt"])
     with pytest.raises(ValueError, match="no files matching"):
-        Corpus([tmp_path / "nothing"])
+        Documents([tmp_path / "nothing"])
 
 
 def test_reading_files_equals_reading_their_text(reader, tmp_path):

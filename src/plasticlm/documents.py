@@ -16,7 +16,7 @@ from .files import DataError
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 
 
-class Corpus:
+class Documents:
     """Documents from text files, folders and JSONL files, read lazily, in a fixed order.
 
     - A text file is one document. Files are read in blocks of about ``block_chars``

@@ -35,14 +35,14 @@ from typing import Callable, Iterable
 import torch
 
 from .checkpoint import load_model, model_id as compute_model_id
-from .documents import Corpus
+from .documents import Documents
 from .files import DataError
 from .model import PlasticLM
 from .sampling import Sampling, TextStream, next_token
 from .state import State
 from .tokenizer import Tokenizer
 
-__all__ = ["Corpus", "Generation", "ReadState", "Reader", "Sampling", "tokenizer_hash"]
+__all__ = ["Documents", "Generation", "ReadState", "Reader", "Sampling", "tokenizer_hash"]
 
 FORMAT = "plasticlm.read_state/1"
 _SPECIAL = re.compile(r"\[[A-Z][A-Z0-9]*\]")
@@ -255,13 +255,13 @@ class Reader:
         """Read documents into a copy of ``state`` (a new one if None) and return it.
 
         ``documents`` is one string, or an iterable of documents, each a string or an iterable
-        of text blocks (a :class:`Corpus` gives the latter, so a large file is never whole in
+        of text blocks (a :class:`Documents` gives the latter, so a large file is never whole in
         memory). ``on_document`` sees the state after each document (e.g. to save it).
         """
         rs = self._start(state)
         sep = self._separator_ids(rs.separator)
         docs = [documents] if isinstance(documents, str) else documents
-        corpus = documents if isinstance(documents, Corpus) else None
+        corpus = documents if isinstance(documents, Documents) else None
         from tqdm import tqdm
 
         bar = tqdm(total=corpus.total_bytes if corpus else None, unit="B" if corpus else "tok", unit_scale=True,
@@ -285,8 +285,8 @@ class Reader:
 
     def read_files(self, inputs: Iterable[str | Path], state: ReadState | None = None, *, field: str = "text",
                    glob: str = "*", skip_documents: int = 0, **kwargs) -> ReadState:
-        """Read files, folders and JSONL files (see :class:`Corpus`); keyword arguments go to :meth:`read`."""
-        return self.read(Corpus(inputs, field=field, glob=glob, skip_documents=skip_documents), state, **kwargs)
+        """Read files, folders and JSONL files (see :class:`Documents`); keyword arguments go to :meth:`read`."""
+        return self.read(Documents(inputs, field=field, glob=glob, skip_documents=skip_documents), state, **kwargs)
 
     def _start(self, state: ReadState | None) -> ReadState:
         if state is None:

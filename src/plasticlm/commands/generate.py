@@ -159,7 +159,7 @@ def _batch(reader, state, sampling, args, wrap) -> int:
 
 
 def _repl(reader, state, sampling, args, wrap) -> int:
-    from ..reading import Corpus
+    from ..reading import Documents
 
     if sys.stdin.isatty():
         import readline  # noqa: F401  (line editing and history for input())
@@ -185,7 +185,7 @@ def _repl(reader, state, sampling, args, wrap) -> int:
                 current.save(rest.strip())
                 print(f"saved {rest.strip()}: {current.describe()}", file=sys.stderr)
             elif cmd == "/read" and rest:
-                current = reader.read(Corpus(rest.split()), current, progress=True)
+                current = reader.read(Documents(rest.split()), current, progress=True)
                 print(f"now: {current.describe()}", file=sys.stderr)
             elif cmd in ("/save", "/read"):
                 print(f"{cmd} needs an argument. {REPL_HELP}", file=sys.stderr)

@@ -65,7 +65,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from ..device import pick_device
     from ..files import check_output
-    from ..reading import Corpus, Reader
+    from ..reading import Documents, Reader
 
     out = Path(args.state)
     if os.path.lexists(out) and not args.overwrite and (args.resume_state is None or Path(args.resume_state) != out):
@@ -86,7 +86,7 @@ def run(args) -> int:
                 raise ValueError(f"--{name} {given!r} differs from the resumed state's {kept!r}: a state is read "
                                  f"with one {name} throughout, so that resumed and one-go reading agree")
         print(f"resuming {args.resume_state}: {state.describe()}", file=sys.stderr)
-    corpus = Corpus(args.inputs, field=args.field, glob=args.glob, skip_documents=args.skip_documents)
+    corpus = Documents(args.inputs, field=args.field, glob=args.glob, skip_documents=args.skip_documents)
 
     read_here = [args.skip_documents]  # documents of these inputs inside the state
     last = {"state": None, "documents": 0, "saved_tokens": state.tokens if state else 0}
