@@ -216,16 +216,26 @@ def test_interactive_keeps_the_state_between_turns(ckpt, corpus, tmp_path, capsy
     assert "unknown command /bogus" in captured.err and "/read needs an argument" in captured.err
 
 
-def test_readme_python_example_runs(ckpt, tmp_path, monkeypatch):
+def test_reading_guide_python_example_runs(ckpt, tmp_path, monkeypatch):
     (tmp_path / "docs").mkdir()
     for i, text in enumerate(DOCS):
         (tmp_path / "docs" / f"{i}.txt").write_text(text, encoding="utf-8")
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    section = readme[readme.index("## Reading and generation"):]
+    section = (Path(__file__).resolve().parent.parent / "docs" / "reading.md").read_text()
     code = section[section.index("```python") + len("```python"):]
     code = code[:code.index("```")]
     code = (code.replace('"runs/tiny"', repr(str(ckpt))).replace('"/usr/share/common-licenses"', repr(str(tmp_path / "docs")))
             .replace("max_new_tokens=100", "max_new_tokens=10"))
     monkeypatch.chdir(tmp_path)
-    exec(compile(code, "README.md", "exec"), {})
+    exec(compile(code, "docs/reading.md", "exec"), {})
     assert (tmp_path / "licenses.state").exists()
+
+
+def test_readme_python_api_example_runs(ckpt, monkeypatch, tmp_path):
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Python API"):]
+    code = section[section.index("```python") + len("```python"):]
+    code = code[:code.index("```")].replace('"runs/tiny"', repr(str(ckpt)))
+    monkeypatch.chdir(tmp_path)
+    scope = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert scope["loss"] > 0 and scope["meta"]["model_id"] and scope["lm"].vocab_size == 272
