@@ -209,7 +209,9 @@ def main(argv=None) -> int:
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"aunn_reading_L{L}" + ("_quick" if args.quick else "")
+    from plasticlm.provenance import result_stem
+
+    stem = result_stem(f"aunn_reading_L{L}" + ("_quick" if args.quick else ""))
     (out / f"{stem}.json").write_text(json.dumps(results, indent=1))
     plot(results, out / f"{stem}.png")
     (out / f"{stem}.md").write_text(report(results, stem))

@@ -52,10 +52,12 @@ def main():
     ap.add_argument("--eval-tokens", type=int, default=2048, help="one-shot language: unseen tokens scored")
     ap.add_argument("--probe-size", type=int, default=64, help="dialogues / rule occurrences read by the probes")
     ap.add_argument("--runs", default="runs/compare_learners", help="where the three checkpoints go")
-    ap.add_argument("--out", default=f"benchmarks/results/compare_learners-cpu-{datetime.date.today()}")
+    ap.add_argument("--out", default=None, help="results folder (default: benchmarks/results/DATE_MACHINE_compare_learners)")
     ap.add_argument("--retrain", action="store_true", help="train again even if a checkpoint of --steps exists")
     args = ap.parse_args()
-    out, runs = Path(args.out), Path(args.runs)
+    from plasticlm.provenance import result_stem
+
+    out, runs = Path(args.out or f"benchmarks/results/{result_stem('compare_learners')}"), Path(args.runs)
     out.mkdir(parents=True, exist_ok=True)
     log = out / "log.txt"
     seconds = {}

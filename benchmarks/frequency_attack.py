@@ -10,7 +10,7 @@ several seeds, plus a sweep of the fission/fusion strength.
 
     python benchmarks/frequency_attack.py --corpus /tmp/offline/en.jsonl
 
-writes benchmarks/results/frequency_attack.{md,json,png}.
+writes benchmarks/results/DATE_MACHINE_frequency_attack.{md,json,png}.
 """
 from __future__ import annotations
 
@@ -91,7 +91,10 @@ def main(argv=None) -> int:
               "seconds": round(time.time() - t0, 1), "results": rows}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "frequency_attack.json").write_text(json.dumps(result, indent=1))
+    from plasticlm.provenance import result_stem
+
+    stem = result_stem("frequency_attack")
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=1))
     lines = ["# Frequency-analysis attack on the shuffled vocabulary", "",
              f"- date: {result['date']}; commit: {commit}; device: {result['device']}",
              f"- command: `{result['command']}` ({result['seconds']} s)",
@@ -107,7 +110,7 @@ def main(argv=None) -> int:
                      f"{r['by_category']['mean']:.2%} ± {r['by_category']['std']:.2%} | {r['split']['mean']:.0f} "
                      f"(+ {r['room']['mean']:.0f}) | "
                      f"{r['fused']['mean']:.0f} | {r['length_ratio']['mean']:.3f} |")
-    (out / "frequency_attack.md").write_text("\n".join(lines) + "\n")
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     try:
         import matplotlib
 
@@ -126,10 +129,10 @@ def main(argv=None) -> int:
         ax.set_title("Frequency attack vs fission/fusion", fontsize=10)
         ax.legend()
         fig.tight_layout()
-        fig.savefig(out / "frequency_attack.png", dpi=120)
+        fig.savefig(out / f"{stem}.png", dpi=120)
     except ImportError:
         print("matplotlib not installed: no plot")
-    print(f"wrote {out / 'frequency_attack.md'}")
+    print(f"wrote {out / (stem + '.md')}")
     return 0
 
 

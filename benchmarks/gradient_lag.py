@@ -115,7 +115,10 @@ def main():
               "model_id": meta["model_id"], "edges": edges, "seconds": round(time.time() - t0, 1), "results": results}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "gradient_lag.json").write_text(json.dumps(record, indent=1))
+    from plasticlm.provenance import result_stem
+
+    stem = result_stem("gradient_lag")
+    (out / f"{stem}.json").write_text(json.dumps(record, indent=1))
 
     import matplotlib
 
@@ -136,7 +139,7 @@ def main():
         ax.set_xlabel("lag k (tokens)")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "gradient_lag.png", dpi=110)
+    fig.savefig(out / f"{stem}.png", dpi=110)
 
     lines = ["# Gradient-length proxy vs measured gradient\n", f"{record['date']}, {record['device']}, torch "
              f"{record['torch']}, commit {commit}, model {meta['model_id']} ({args.checkpoint}).\n",
@@ -152,8 +155,8 @@ def main():
     lines.append("\nThe proxy sees only the memory path's retention (gates and write weights); the measured gradient "
                  "also depends on the keys, values and queries, the feed-forward blocks and the head. Compare the "
                  "band shares and the slopes, not the values.\n")
-    lines.append("![curves](gradient_lag.png)\n")
-    (out / "gradient_lag.md").write_text("\n".join(lines))
+    lines.append(f"![curves]({stem}.png)\n")
+    (out / f"{stem}.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
 

@@ -9,7 +9,7 @@ the smallest and the largest size as a single text file (one document, read in b
     python benchmarks/read_memory.py                       # sizes 125k .. 2M tokens, ~10 min on 2 cores
     python benchmarks/read_memory.py --sizes 20000 200000  # quick look
 
-Writes benchmarks/results/read_memory.{md,json} (and .png with matplotlib).
+Writes benchmarks/results/DATE_MACHINE_read_memory.{md,json} (and .png with matplotlib).
 """
 from __future__ import annotations
 
@@ -116,7 +116,8 @@ def main() -> int:
     p.add_argument("--sizes", type=int, nargs="+", default=[125_000, 250_000, 500_000, 1_000_000, 2_000_000],
                    help="corpus sizes in tokens (bytes + one [EOS] per document)")
     p.add_argument("--piece", type=int, default=4096)
-    p.add_argument("--out", default=str(HERE / "results" / "read_memory"), help="path prefix of .md/.json/.png")
+    p.add_argument("--out", default=None, help="path prefix of .md/.json/.png (default: "
+                                                 "benchmarks/results/DATE_MACHINE_read_memory)")
     args = p.parse_args()
     import torch
 
@@ -142,7 +143,9 @@ def main() -> int:
             "commit": git_commit(), "command": "python benchmarks/read_memory.py " + " ".join(sys.argv[1:]),
             "model": "PlasticLM d_model=32, n_layers=2, n_heads=2, byte tokenizer (272 tokens), untrained",
             "piece": args.piece}
-    out = Path(args.out)
+    from plasticlm.provenance import result_stem
+
+    out = Path(args.out) if args.out else HERE / "results" / result_stem("read_memory")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({**meta, "runs": runs}, indent=1))
     small = runs[0]

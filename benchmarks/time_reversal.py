@@ -113,7 +113,9 @@ def write(args, runs, seconds):
             "seconds": round(seconds)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"time_reversal-cpu-{meta['date']}"
+    from plasticlm.provenance import result_stem
+
+    stem = result_stem("time_reversal")
     (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "runs": runs}, indent=1))
     lines = [f"# Time reversal: gradient error against exact segment BPTT ({meta['date']})", "",
              *[f"- {k}: {v}" for k, v in meta.items()], "",

@@ -69,3 +69,8 @@ def provenance(device: torch.device | str = "cpu", command: str | list[str] | No
     elif hasattr(os, "getloadavg"):
         meta["load_average"] = round(os.getloadavg()[0], 2)
     return meta
+
+
+def result_stem(name: str, device: torch.device | str = "cpu") -> str:
+    """The file stem of a stored result: DATE_HARDWARE_NAME (benchmarks/results/ holds them all so)."""
+    return f"{datetime.now(timezone.utc).date().isoformat()}_{machine(device)['hardware']}_{name}"
