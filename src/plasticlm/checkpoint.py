@@ -60,26 +60,56 @@ def save_model(directory: str | os.PathLike, model, tokenizer: Tokenizer,
                         {"arch": archs.arch_of(model), **(extra or {})})
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
 def save_weights(directory: str | os.PathLike, config, state_dict: dict[str, torch.Tensor], tokenizer: Tokenizer,
-                 extra: dict[str, str] | None = None, *, weights: str = WEIGHTS, manifest: bool = True) -> str:
+                 extra: dict[str, str] | None = None, *, weights: str = WEIGHTS, manifest: bool = True,
+                 dtype: str = "float32", shard_mib: float = 0) -> str:
     """:func:`save_model` from a config and a state dict (e.g. gathered from sharded training).
 
     ``weights`` names the weights file; ``manifest=False`` leaves the manifest to a caller that
-    writes one for more files (a training checkpoint).
+    writes one for more files (a training checkpoint). ``dtype="bfloat16"`` stores the floating
+    tensors in bf16 (half the bytes; they load back into a float32 model) and ``shard_mib`` splits
+    the weights into files of at most that many MiB (``model-00001-of-00003.safetensors``, ...),
+    for a checkpoint that must travel in small files.
     """
     from safetensors.torch import save_file
 
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    tensors = {k: v.detach().cpu().to(DTYPES[dtype] if v.is_floating_point() else v.dtype).contiguous()
+               for k, v in state_dict.items()}
     mid = model_id(config, tensors)
     meta = {"format": FORMAT, "config": json.dumps(config.to_dict()), "model_id": mid,
-            "vocab_size": str(tokenizer.vocab_size), **{k: str(v) for k, v in (extra or {}).items()}}
+            "vocab_size": str(tokenizer.vocab_size), "dtype": dtype, **{k: str(v) for k, v in (extra or {}).items()}}
+    shards = _shards(tensors, shard_mib)
+    names = [weights] if len(shards) == 1 else [
+        f"{Path(weights).stem}-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
     atomic_write(d / TOKENIZER, tokenizer.save)
-    atomic_write(d / weights, lambda p: save_file(tensors, p, metadata=meta))
+    for i, (name, part) in enumerate(zip(names, shards)):  # the first file carries the metadata
+        atomic_write(d / name, lambda p, part=part, i=i: save_file(part, p, metadata=meta if i == 0 else None))
     if manifest:
-        write_manifest(d, [weights, TOKENIZER], weights=[weights])
+        write_manifest(d, [*names, TOKENIZER], weights=names)
     return mid
+
+
+def _shards(tensors: dict[str, torch.Tensor], shard_mib: float) -> list[dict[str, torch.Tensor]]:
+    """Tensors in name order, cut into groups of at most ``shard_mib`` MiB (0: one group)."""
+    limit = shard_mib * 2 ** 20
+    out, size = [{}], 0
+    for name in sorted(tensors):
+        n = tensors[name].numel() * tensors[name].element_size()
+        if limit and out[-1] and size + n > limit:
+            out.append({})
+            size = 0
+        if limit and n > limit:
+            raise ValueError(f"tensor {name} takes {n / 2 ** 20:.1f} MiB, more than shards of {shard_mib} MiB")
+        out[-1][name] = tensors[name]
+        size += n
+    return out
 
 
 @dataclass
@@ -135,6 +165,10 @@ def read_checkpoint(directory: str | os.PathLike, device: str | torch.device = "
         expected = archs.meta_state_dict(arch, config, max_blocks=len(tensors))
     except ValueError as e:
         raise DataError(f"{where}: config: {e}") from None
+    stored = meta.get("dtype", "float32")
+    if stored not in DTYPES:
+        raise DataError(f"{where}: the metadata's dtype {stored!r} is not one of {sorted(DTYPES)}")
+    expected = {k: v.to(DTYPES[stored]) if v.is_floating_point() else v for k, v in expected.items()}
     check_tensors(tensors, expected, str(where))
     tokenizer = load_tokenizer(d / TOKENIZER, within=d)
     if tokenizer.vocab_size != config.vocab_size:

@@ -37,6 +37,9 @@ def test_model_sizes_of_small_and_base():
             return PlasticLM(load_config(recipe).model).num_params()
 
     assert 10e6 <= params("small") < 100e6  # tens of millions
+    gpu_short = load_config("gpu_short")  # its final weights must come back from a lent GPU
+    assert gpu_short.checkpoint.export_dtype == "bfloat16" and gpu_short.checkpoint.export_shard_mib <= 16
+    assert params("gpu_short") * 2 < 64 * 2 ** 20
     assert 100e6 <= params("base") < 130e6  # ~110M-125M
 
 

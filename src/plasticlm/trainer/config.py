@@ -102,6 +102,12 @@ class CheckpointConfig:
     run computes (model, optimizer, data, loss, seed, steps, ...; not out_dir, device, log or
     checkpoint settings) is refused, naming each changed field, so that a resumed run continues
     the run that was started unless the change is deliberate."""
+    export_dtype: str = "float32"
+    """dtype of the run's final top-level weights (out_dir/model.safetensors): 'float32', or
+    'bfloat16' for half the bytes. Training checkpoints always keep float32 (resume is exact)."""
+    export_shard_mib: float = 0
+    """Split the final top-level weights into files of at most this many MiB (0: one file), for a
+    model that must travel in small files (e.g. back from a lent GPU)."""
 
 
 @dataclass
@@ -195,6 +201,9 @@ class TrainConfig:
             if name not in known:
                 raise ValueError(f"checkpoint.allow_changed: {name!r} is not a setting (e.g. optim.lr, steps, or "
                                  "a section such as optim)")
+        _choice("checkpoint.export_dtype", self.checkpoint.export_dtype, ("float32", "bfloat16"))
+        if self.checkpoint.export_shard_mib < 0:
+            raise ValueError(f"checkpoint.export_shard_mib must be >= 0, got {self.checkpoint.export_shard_mib}")
         if self.checkpoint.keep < 1 or self.checkpoint.every < 0:
             raise ValueError(f"checkpoint.keep must be >= 1 and checkpoint.every >= 0, got {self.checkpoint.keep}, "
                              f"{self.checkpoint.every}")

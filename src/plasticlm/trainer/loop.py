@@ -461,7 +461,8 @@ class Trainer:
         summary = {}
         model_sd = self._full_state_dicts()[0] if self.fsdp else self.model.state_dict()  # collective under FSDP
         if d.main:
-            mid = save_weights(self.out, cfg.model, model_sd, self.tokenizer, {"arch": cfg.arch, "step": self.step})
+            mid = save_weights(self.out, cfg.model, model_sd, self.tokenizer, {"arch": cfg.arch, "step": self.step},
+                               dtype=cfg.checkpoint.export_dtype, shard_mib=cfg.checkpoint.export_shard_mib)
             losses = [r["loss"] for r in read_metrics(self.out) if r.get("loss") is not None and not r.get("skipped_step")]
             done = self.tokens - start_tokens
             per_byte = getattr(self.tokenizer, "kind", None) == "bytes"
