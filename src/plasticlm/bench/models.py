@@ -72,8 +72,9 @@ def train_flops_per_token(model, T: int) -> float:
 
 
 # bf16 dense peak per device name, for model FLOP/s utilisation (override with --peak-tflops).
-# H100: the figure measured beside the anchors (../shared/ANCHORS.md), not the SXM datasheet's 989.
-PEAK_TFLOPS = {"H200": 989.0, "H100": 790.0, "A100": 312.0, "L4": 121.0}
+# H100 and H200: the bf16 matmul rate measured on the lent machines (about 790 TFLOP/s, 2026-11),
+# not the datasheet's 989; the others are datasheet figures.
+PEAK_TFLOPS = {"H200": 790.0, "H100": 790.0, "A100": 312.0, "L4": 121.0}
 
 
 def peak_tflops(device: torch.device) -> float | None:

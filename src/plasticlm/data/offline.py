@@ -1,6 +1,6 @@
 """The offline corpus builder: real text installed on a Debian machine -> four corpora.
 
-``plasticlm build-corpus OUT`` (see ``/work/shared/DATA.md`` for the measured sources) writes
+``plasticlm build-corpus OUT`` (sizes measured in ``benchmarks/results/*_offline_corpus.md``) writes
 
     en.jsonl      English: man pages, sections 1-8, without the near-duplicate ``gcloud_*`` pages
     de.jsonl      German: the German man pages (package manpages-de), English paragraphs and the
