@@ -84,3 +84,23 @@ def test_stage_list_runs_each_stage_from_the_previous_ones_weights(tmp_path):
     summaries = run_plan(cfgs, progress=False)  # stage 1 is done and not rerun
     assert summaries[0]["model_id"] == json.loads((tmp_path / "stages" / "1-tiny" / "summary.json").read_text())["model_id"]
     assert (tmp_path / "stages" / "2-tiny" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("recipe", ["small", "base", "traditional", "linked", "shuffled", "gpu_short"])
+def test_recipes_on_the_offline_corpus_say_how_to_build_it(recipe, tmp_path):
+    from plasticlm.cli import main
+
+    cfg = load_config(recipe)
+    assert cfg.data.source == "data/graph" and cfg.bptt == "whole"
+    code = main(["train", recipe, f"data.source={tmp_path / 'missing'}", f"out_dir={tmp_path / 'run'}", "--no-progress"])
+    assert code == 2
+
+
+def test_missing_offline_corpus_message_names_the_commands(tmp_path, capsys):
+    from plasticlm.cli import main
+
+    assert main(["train", "small", f"data.source={tmp_path / 'missing'}", f"out_dir={tmp_path / 'run'}",
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "is not a prepared corpus directory" in err and "plasticlm build-corpus data/offline --install" in err
+    assert "plasticlm prepare data/offline/graph.jsonl data/graph" in err
