@@ -1,6 +1,8 @@
-"""The memory's options (short convolution, L2-normalised q/k, bias correction) keep every equality of
-the foundation: pieces == one call, step == forward, reversible == plain autograd, segment_backward ==
-full autograd (initial state included), and the state's file round trip. float64 throughout."""
+"""The memory's options (short convolution, L2-normalised q/k, bias correction), and every memory
+(gated average, decay, linear), keep every equality of the foundation: pieces == one call, step ==
+forward, the reversible stack's custom autograd == the same coupling under plain autograd,
+segment_backward == full autograd (initial state included), and the state's file round trip.
+float64 throughout."""
 import pytest
 import torch
 
@@ -14,6 +16,7 @@ OPTIONS = {
     "bias": {**BARE, "bias_correction": True},
     "all": dict(short_conv=3, qk_norm=True, bias_correction=True),
     "decay-conv": dict(memory="decay", short_conv=4),
+    "linear": dict(memory="linear"),
     "defaults": {},
 }
 

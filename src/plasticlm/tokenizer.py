@@ -27,6 +27,26 @@ import numpy as np
 SPECIAL_TOKENS = ["[PAD]", "[BOS]", "[EOS]", "[SEP]", "[USER]", "[AI]"] + [f"[CTRL{i}]" for i in range(10)]
 
 
+# Token categories (DESIGN 4: permutation within categories). Values index CATEGORY_NAMES.
+SPECIAL, WORD_INITIAL, CONTINUATION, DIGIT_PUNCT, OTHER = range(5)
+CATEGORY_NAMES = ["special", "word-initial", "continuation", "digit/punct", "other"]
+
+
+def categorize_bytes(b: bytes) -> int:
+    """WORD_INITIAL: whitespace then a letter; CONTINUATION: starts with a letter; DIGIT_PUNCT:
+    no letter first (digits, punctuation, whitespace, symbols); OTHER: not whole UTF-8."""
+    try:
+        s = b.decode("utf-8")
+    except UnicodeDecodeError:
+        return OTHER
+    body = s.lstrip()
+    if not body:
+        return DIGIT_PUNCT
+    if body[0].isalpha():
+        return WORD_INITIAL if len(body) < len(s) else CONTINUATION
+    return DIGIT_PUNCT
+
+
 @runtime_checkable
 class Tokenizer(Protocol):
     vocab_size: int
@@ -40,7 +60,19 @@ class Tokenizer(Protocol):
     def save(self, path: str | os.PathLike) -> None: ...
 
 
-class ByteTokenizer:
+class _Specials:
+    """Control tokens by name (``self.specials``), for both tokenizers."""
+
+    specials: dict[str, int]
+
+    def token_id(self, token: str) -> int:
+        try:
+            return self.specials[token]
+        except KeyError:
+            raise KeyError(f"unknown special token {token!r}; known: {list(self.specials)}") from None
+
+
+class ByteTokenizer(_Specials):
     """UTF-8 bytes as ids 0-255, then :data:`SPECIAL_TOKENS`. Bits per byte = nats per token / ln 2."""
 
     kind = "bytes"
@@ -74,23 +106,11 @@ class ByteTokenizer:
                         dtype=np.int8)
         return cats
 
-    def token_id(self, token: str) -> int:
-        try:
-            return self.specials[token]
-        except KeyError:
-            raise KeyError(f"unknown special token {token!r}; known: {list(self.specials)}") from None
-
     def save(self, path: str | os.PathLike) -> None:
         Path(path).write_text(json.dumps({"type": self.kind, "specials": SPECIAL_TOKENS}, indent=1))
 
 
-
 # ---- byte-level BPE -----------------------------------------------------------------------------
-# Token categories (DESIGN 4: permutation within categories). Values index CATEGORY_NAMES.
-SPECIAL, WORD_INITIAL, CONTINUATION, DIGIT_PUNCT, OTHER = range(5)
-CATEGORY_NAMES = ["special", "word-initial", "continuation", "digit/punct", "other"]
-
-
 def _require_tokenizers():
     try:
         import tokenizers
@@ -113,7 +133,7 @@ def _byte_decoder() -> dict[str, int]:
     return {c: b for b, c in chars.items()}
 
 
-class BPETokenizer:
+class BPETokenizer(_Specials):
     """A trained byte-level BPE; implements :class:`plasticlm.tokenizer.Tokenizer`."""
 
     kind = "bpe"
@@ -158,12 +178,6 @@ class BPETokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
 
-    def token_id(self, token: str) -> int:
-        try:
-            return self.specials[token]
-        except KeyError:
-            raise KeyError(f"unknown special token {token!r}; known: {list(self.specials)}") from None
-
     def save(self, path: str | os.PathLike) -> None:
         spec = {"type": self.kind, "specials": SPECIAL_TOKENS, "tokenizer": json.loads(self._tok.to_str())}
         Path(path).write_text(json.dumps(spec, ensure_ascii=False))
@@ -207,21 +221,6 @@ class BPETokenizer:
 
     def __repr__(self) -> str:
         return f"BPETokenizer(vocab_size={self.vocab_size})"
-
-
-def categorize_bytes(b: bytes) -> int:
-    """WORD_INITIAL: whitespace then a letter; CONTINUATION: starts with a letter; DIGIT_PUNCT:
-    no letter first (digits, punctuation, whitespace, symbols); OTHER: not whole UTF-8."""
-    try:
-        s = b.decode("utf-8")
-    except UnicodeDecodeError:
-        return OTHER
-    body = s.lstrip()
-    if not body:
-        return DIGIT_PUNCT
-    if body[0].isalpha():
-        return WORD_INITIAL if len(body) < len(s) else CONTINUATION
-    return DIGIT_PUNCT
 
 
 def batched(items: Iterable, n: int) -> Iterator[list]:
