@@ -146,3 +146,26 @@ def test_option_errors_name_the_field():
     with pytest.raises(ValueError, match="time reversal cannot recover the short convolution"):
         model = model_with("conv")
         model.rewind(torch.zeros(1, 4, dtype=torch.long), model.init_state(1))
+
+
+@pytest.mark.parametrize("name", OPTIONS)
+def test_a_state_holds_its_own_size_and_no_more(name):
+    """Every tensor of a state owns its storage: a view into a layer's activations would keep them
+    alive with the state (the segment trainer keeps a state per boundary: memory would grow with T)."""
+    model = model_with(name)
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            _, state = model(torch.randint(0, 37, (2, 50)))
+        for n, s in zip(state.names(), state.tensors()):
+            assert s.untyped_storage().nbytes() == s.numel() * s.element_size(), (n, grad)
+
+
+def test_baseline_states_hold_their_own_size_and_no_more():
+    from plasticlm import archs
+
+    base = ModelConfig(vocab_size=37, d_model=32, n_layers=2, n_heads=2)
+    for name, extra in (("gla", {"short_conv": 4}), ("mamba2", {"state_size": 8, "mamba_head_dim": 16})):
+        model = archs.build(name, archs.sized_like(name, base, backend="torch", **extra))
+        _, state = model(torch.randint(0, 37, (2, 50)))
+        for s in [*state.layers, *(c for c in state.conv if c is not None)]:
+            assert s.untyped_storage().nbytes() == s.numel() * s.element_size(), name

@@ -83,7 +83,9 @@ class Memory(nn.Module):
             # Causal across calls: the previous call's last w - 1 inputs come first.
             qkv = torch.cat((q, k, v), dim=-1)
             full = torch.cat((S["conv"].to(qkv.dtype), qkv), dim=1)  # (B, w - 1 + T, C)
-            carried["conv"] = full[:, T:].to(S["conv"].dtype)
+            # A copy, not a view: a view would keep all of `full` alive as long as the state lives
+            # (the segment trainer keeps one state per segment boundary).
+            carried["conv"] = full[:, T:].to(S["conv"].dtype, copy=True)
             qkv = F.silu(F.conv1d(full.transpose(1, 2), self.conv.weight, groups=qkv.shape[-1]).transpose(1, 2))
             q, k, v = qkv.split(self.split[:3], dim=-1)
         q, k = q.reshape(B, T, H, K), k.reshape(B, T, H, K)
@@ -99,7 +101,7 @@ class Memory(nn.Module):
             log_prod = S["log_gate_prod"].unsqueeze(1) + log_a.cumsum(1)  # (B, T, H, K): log prod_{s<=t} a_s
             # 1 - prod a is the weight written so far; the clamp only guards a = 1 exactly.
             q = q / (-torch.expm1(log_prod)).clamp_min(1e-20)
-            carried["log_gate_prod"] = log_prod[:, -1]
+            carried["log_gate_prod"] = log_prod[:, -1].clone()  # not a view of (B, T, H, K): see conv
         return q, k, v.reshape(B, T, H, V), log_a, og.reshape(B, T, H, V), carried
 
     def forward(self, x, S):

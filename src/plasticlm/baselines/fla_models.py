@@ -225,7 +225,7 @@ class GLAMixer(nn.Module):
         if self.conv1d is not None:
             qkv = torch.cat((q, k, v), dim=-1)
             full = torch.cat((conv.to(qkv.dtype), qkv), dim=1)  # the previous inputs make it causal across calls
-            conv = full[:, T:].to(conv.dtype)
+            conv = full[:, T:].to(conv.dtype, copy=True)  # a copy: a view would keep all of `full` alive
             qkv = F.silu(F.conv1d(full.transpose(1, 2), self.conv1d.weight, groups=qkv.shape[-1]).transpose(1, 2))
             q, k, v = qkv.split((q.shape[-1], k.shape[-1], v.shape[-1]), dim=-1)
         q = q.reshape(B, T, H, hk) * hk ** -0.5
@@ -265,7 +265,7 @@ class Mamba2Mixer(nn.Module):
         H, P, N, G = c.mamba_heads, c.mamba_head_dim, c.state_size, c.n_groups
         z, xbc, dt = self.in_proj(x).split(self.split, dim=-1)
         xbc = torch.cat((conv.to(xbc.dtype), xbc), dim=1)  # the previous inputs make the conv causal across calls
-        conv = xbc[:, -(c.conv_kernel - 1):]
+        conv = xbc[:, -(c.conv_kernel - 1):].clone()  # a copy: a view would keep all of xbc alive
         xbc = F.silu(self.conv1d(xbc.transpose(1, 2)).transpose(1, 2))  # (B, T, inner + 2 G N)
         xs, Bm, Cm = xbc.split((H * P, G * N, G * N), dim=-1)
         dt = F.softplus(dt.float() + self.dt_bias)  # (B, T, H)
