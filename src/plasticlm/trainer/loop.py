@@ -194,9 +194,13 @@ class Trainer:
         if hasattr(model, "gates") and (cfg.loss.proxy_weight > 0 or (self.step + 1) % cfg.loss.proxy_every == 0):
             record.update(self._proxy(batch.tokens[:, :cfg.loss.proxy_probe], state, scale))
         with self.autocast():
-            if local_total <= 0:  # nothing to learn from on this rank: only carry the state on
-                with torch.no_grad():
-                    loss, new_state = torch.zeros((), device=self.device), model(batch.tokens, state)[1]
+            if local_total <= 0:  # nothing to learn from on this rank: only carry the state on (windows)
+                loss, new_state = torch.zeros((), device=self.device), None
+                if cfg.bptt == "window":
+                    with torch.no_grad():  # read in segments: no logits, one segment's activations
+                        new_state = state
+                        for a in range(0, T, cfg.segment_len):
+                            new_state = model.hidden(batch.tokens[:, a:a + cfg.segment_len], new_state)[1]
             elif cfg.backprop == "segment":
                 loss, new_state = segment_backward(model, batch.tokens, batch.targets, cfg.segment_len, weights,
                                                    state, return_state=True, storage=self._storage(B, T))
