@@ -90,12 +90,14 @@ class Config:
 
 
 def plan(cfg: Config) -> list[Run]:
+    """The warm starts, then gap by gap (shortest first, every seed): a partial result already has
+    seeds at the gaps it reached, and the longest gap, which costs most, comes last."""
     runs = []
     for s in cfg.seeds:
         for m in cfg.memories:
             runs.append(Run(f"{m}/warm/seed{s}", {"memory": m, "arm": "warm", "gap": cfg.warm_gap, "seed": s}))
-    for s in cfg.seeds:
-        for g in cfg.gaps:
+    for g in sorted(cfg.gaps):
+        for s in cfg.seeds:
             for m in cfg.memories:
                 for arm in cfg.arms:
                     runs.append(Run(f"{m}/{arm}/gap{g}/seed{s}", {"memory": m, "arm": arm, "gap": g, "seed": s},

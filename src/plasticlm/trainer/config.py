@@ -73,7 +73,7 @@ class LossConfig:
     proxy_weight: float = 0.0
     """Weight of the gradient-length proxy (DESIGN 3); 0 only logs the retention mass."""
     proxy_horizon: int = 0
-    """Training length the lag bands are relative to, in tokens; 0 means doc_len or seq_len."""
+    """Training length the lag bands are relative to, in tokens; 0 means data.seq_len."""
     proxy_bands: list = field(default_factory=lambda: [0.01, 0.1, 1.0])
     """Upper edges of the lag bands as fractions of the horizon (short, moderate, long)."""
     proxy_target: list = field(default_factory=lambda: [0.4, 0.3, 0.3])
