@@ -17,6 +17,7 @@ OPTIONS = {
     "all": dict(short_conv=3, qk_norm=True, bias_correction=True),
     "decay-conv": dict(memory="decay", short_conv=4),
     "linear": dict(memory="linear"),
+    "mutable": dict(embeddings="mutable", mutable_slots=11),  # fewer slots than ids: collisions too
     "defaults": {},
 }
 
@@ -34,7 +35,9 @@ def rel(a, b):
 
 def random_state(model, B):
     """A nonzero start state (prod a < 1, i.e. log_gate_prod < 0, as after reading)."""
-    return model.init_state(B).map(lambda s: -torch.rand_like(s) if s.dim() == 3 else torch.randn_like(s))
+    S = model.init_state(B)
+    return S.with_tensors([-torch.rand_like(s) if "log_gate_prod" in n else torch.randn_like(s)
+                           for n, s in zip(S.names(), S.tensors())])
 
 
 @pytest.mark.parametrize("name", OPTIONS)
@@ -105,11 +108,11 @@ def test_segment_backward_equals_full_autograd_with_initial_state(name, reversib
         assert rel(s.grad, g) < 1e-9, name_
 
 
-@pytest.mark.parametrize("name", ["conv", "bias", "all"])
+@pytest.mark.parametrize("name", ["conv", "bias", "all", "mutable"])
 def test_state_with_extra_parts_saves_loads_resets_and_is_checked(tmp_path, name):
     model = model_with(name)
     _, state = model(torch.randint(0, 37, (3, 10)))
-    assert state.extra
+    assert state.extra or state.embed
     state.save(tmp_path / "s.state")
     loaded, meta = State.load(tmp_path / "s.state")
     assert loaded.names() == state.names()

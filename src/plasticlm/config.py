@@ -8,6 +8,7 @@ from typing import Any
 
 MEMORIES = ("gated_average", "decay", "linear")
 MODES = ("auto", "naive", "chunk", "kernel")
+EMBEDDINGS = ("parameter", "mutable")
 
 
 @dataclass
@@ -53,6 +54,14 @@ class ModelConfig:
     sequence began, however long its half-life (without it, a channel of half-life h holds about
     t / (1.44 h) of its final weight after t tokens). prod a is carried in the State. None: on for
     the gated average, off for the others (E1's ablation: it halves the steps to learn MQAR)."""
+    embeddings: str = "parameter"
+    """'parameter': the tied table only. 'mutable' (DESIGN 1.4, RQ6): plus a per-sequence table of
+    mutable_slots slots that the model writes while it reads, held in the State
+    (plasticlm.embedding says how it reads and writes)."""
+    mutable_slots: int = 0
+    """Slots of the mutable table (token ids hash to them); 0 means vocab_size (one id per slot)."""
+    mutable_context: int = 4
+    """Base embeddings (the token's and those before it) that each write of the mutable table sees."""
     norm_eps: float = 1e-6
     """Epsilon of every RMSNorm."""
     init_std: float = 0.02
@@ -75,6 +84,11 @@ class ModelConfig:
         _require(self, "chunk_size", self.chunk_size & (self.chunk_size - 1) == 0, "a power of two")
         _require(self, "memory", self.memory in MEMORIES, f"one of {MEMORIES}")
         _require(self, "mode", self.mode in MODES, f"one of {MODES}")
+        _require(self, "embeddings", self.embeddings in EMBEDDINGS, f"one of {EMBEDDINGS}")
+        _require(self, "mutable_slots", _is_int(self.mutable_slots) and self.mutable_slots >= 0,
+                 "a non-negative integer (0 means vocab_size)")
+        _require(self, "mutable_context", _is_int(self.mutable_context) and self.mutable_context >= 1,
+                 "a positive integer")
         _require(self, "reversible", isinstance(self.reversible, bool), "a bool")
         for name in ("min_half_life", "norm_eps", "init_std"):
             v = getattr(self, name)
@@ -102,6 +116,11 @@ class ModelConfig:
     def longest_half_life(self) -> float:
         """max_half_life, or the memory's own default when it is 0."""
         return self.max_half_life or (512.0 if self.memory == "decay" else 1e5)
+
+    @property
+    def table_slots(self) -> int:
+        """Slots of the mutable table (mutable_slots, 0 resolved to vocab_size)."""
+        return self.mutable_slots or self.vocab_size
 
     @property
     def k_dim(self) -> int:

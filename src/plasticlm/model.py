@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import ModelConfig
+from .embedding import MutableEmbedding
 from .ops import gated_average, gated_decay
 from .reversible import reversible_stack
 from .state import State
@@ -186,6 +187,8 @@ class PlasticLM(nn.Module):
             raise TypeError(f"PlasticLM expects a ModelConfig, got {type(config).__name__}")
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.d_model)  # tied to the output head
+        self.mutable = (MutableEmbedding(config.d_model, config.table_slots, config.mutable_context, config.chunk_size)
+                        if config.embeddings == "mutable" else None)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.norm = RMSNorm(config.d_model, config.norm_eps)
         # False: the reversible coupling under plain autograd, storing every block's activations
@@ -202,6 +205,8 @@ class PlasticLM(nn.Module):
                 nn.init.normal_(p, std=s)
         for block in self.blocks:
             block.memory.reset_gate_bias()
+        if self.mutable is not None:
+            self.mutable.reset_gate_bias()
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -210,9 +215,24 @@ class PlasticLM(nn.Module):
         """The state before any token, for ``batch_size`` sequences (at least float32)."""
         p = self.embed.weight
         dtype = dtype or (torch.float64 if p.dtype == torch.float64 else torch.float32)
-        return State.from_layers([{k: torch.zeros(shape, device=device or p.device, dtype=dtype)
-                                   for k, shape in block.memory.state_shapes(batch_size).items()}
-                                  for block in self.blocks])
+        def zeros(shapes):
+            return {k: torch.zeros(shape, device=device or p.device, dtype=dtype) for k, shape in shapes.items()}
+
+        return State.from_layers([zeros(block.memory.state_shapes(batch_size)) for block in self.blocks],
+                                 zeros(self._embed_shapes(batch_size)))
+
+    def _embed_shapes(self, batch_size: int) -> dict[str, tuple[int, ...]]:
+        return {} if self.mutable is None else self.mutable.state_shapes(batch_size, self.config.d_model)
+
+    def embed_tokens(self, tokens, state: State):
+        """The blocks' input: base embeddings, plus the mutable table's reads when there is one;
+        and the table's state after the tokens."""
+        x = self.embed(tokens)  # (B, T, d)
+        if self.mutable is None:
+            return x, {}
+        mode = "naive" if self.config.mode == "naive" else "chunk"
+        reads, E = self.mutable(tokens, x, state.embed, mode)
+        return x + reads, E
 
     def hidden(self, tokens, state: State | None = None, check: bool = True):
         """Final hidden states before the head: tokens (B, T) -> (h (B, T, d), state).
@@ -225,7 +245,7 @@ class PlasticLM(nn.Module):
             self._check_tokens(tokens)
             state = state if state is None else self._check_state(state, B)
         state = self.init_state(B) if state is None else state
-        x = self.embed(tokens)  # (B, T, d)
+        x, E = self.embed_tokens(tokens, state)
         parts = [state.layer(i) for i in range(len(self.blocks))]
         if self.config.reversible:
             if self.reconstruct and torch.is_grad_enabled():
@@ -241,7 +261,7 @@ class PlasticLM(nn.Module):
             for block, s in zip(self.blocks, parts):
                 h, s = block(h, s)
                 S.append(s)
-        return self.norm(h), State.from_layers(S)
+        return self.norm(h), State.from_layers(S, E)
 
     def forward(self, tokens, state: State | None = None, check: bool = True):
         """tokens (B, T) int -> (logits (B, T, vocab), final state)."""
@@ -262,7 +282,7 @@ class PlasticLM(nn.Module):
         """
         self._check_tokens(tokens)
         state = self.init_state(tokens.shape[0]) if state is None else self._check_state(state, tokens.shape[0])
-        x1 = x2 = self.embed(tokens)
+        x1 = x2 = self.embed_tokens(tokens, state)[0]
         out = []
         for i, block in enumerate(self.blocks):
             S = state.layer(i)
@@ -284,6 +304,9 @@ class PlasticLM(nn.Module):
         """
         self._check_tokens(tokens)
         self._check_state(state_end, tokens.shape[0])
+        if self.mutable is not None:
+            raise ValueError("time reversal cannot recover the mutable embedding table before a segment: "
+                             "use reverse_every=0 with embeddings='mutable'")
         x1 = x2 = self.embed(tokens)
         starts = []
         for i, block in enumerate(self.blocks):
@@ -334,4 +357,14 @@ class PlasticLM(nn.Module):
                     raise ValueError(f"state {what} {i} has shape {tuple(s.shape)}, expected {shape}{want[kind]}")
                 if not s.is_floating_point():
                     raise TypeError(f"state {what} {i} must be floating point, got dtype {s.dtype}")
+        want = self._embed_shapes(batch_size)
+        if sorted(state.embed) != sorted(want):
+            raise ValueError(f"state carries {'a mutable embedding table' if state.embed else 'no embedding table'}, "
+                             f"this model (embeddings={c.embeddings!r}) "
+                             f"{'needs parts ' + str(sorted(want)) if want else 'has none'}")
+        for kind, s in state.embed.items():
+            if tuple(s.shape) != want[kind]:
+                raise ValueError(f"state embed.{kind} has shape {tuple(s.shape)}, expected {want[kind]}")
+            if not s.is_floating_point():
+                raise TypeError(f"state embed.{kind} must be floating point, got dtype {s.dtype}")
         return state

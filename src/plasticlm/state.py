@@ -15,17 +15,22 @@ EXTRA_KINDS = ("conv", "log_gate_prod")
 """What a layer may carry beside its memory: 'conv', the last (w - 1) inputs of its short
 convolution, (B, w - 1, C); 'log_gate_prod', log prod a since the sequence began, (B, H, K), which
 the bias correction of the readout divides by (1 - prod a)."""
+EMBED_KINDS = ("table", "log_gate_prod", "context")
+"""What a model with mutable embeddings carries once, beside its layers (plasticlm.embedding):
+'table' (B, m, d), its 'log_gate_prod' (B, m) and the last base embeddings, 'context' (B, w - 1, d)."""
 
 
 @dataclass
 class State:
     """Per-layer memories S_l of shape (B, H, K, V), plus the per-layer ``extra`` tensors of
-    :data:`EXTRA_KINDS` that the model's config asks for. Every method returns a new state; none
-    works in place. A zero state is the state before any token, for every kind: an empty memory,
-    zero padding before the convolution, and prod a = 1 (log 0)."""
+    :data:`EXTRA_KINDS` that the model's config asks for, plus the mutable embedding's parts
+    (``embed``, :data:`EMBED_KINDS`, one tensor each) when it has one. Every method returns a new
+    state; none works in place. A zero state is the state before any token, for every kind: an
+    empty memory or table, zero padding before a convolution, and prod a = 1 (log 0)."""
 
     layers: list[torch.Tensor]
     extra: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    embed: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for kind, ts in self.extra.items():
@@ -33,6 +38,9 @@ class State:
                 raise ValueError(f"unknown state kind {kind!r}; known: {EXTRA_KINDS}")
             if len(ts) != len(self.layers):
                 raise ValueError(f"state kind {kind!r} has {len(ts)} layers, the memories have {len(self.layers)}")
+        bad = sorted(set(self.embed) - set(EMBED_KINDS))
+        if bad:
+            raise ValueError(f"unknown embedding state parts {bad}; known: {EMBED_KINDS}")
 
     @property
     def batch_size(self) -> int:
@@ -44,25 +52,29 @@ class State:
         return {"memory": self.layers[i], **{k: v[i] for k, v in self.extra.items()}}
 
     @staticmethod
-    def from_layers(parts: Sequence[dict[str, torch.Tensor]]) -> "State":
+    def from_layers(parts: Sequence[dict[str, torch.Tensor]], embed: dict[str, torch.Tensor] | None = None) -> "State":
         kinds = [k for k in parts[0] if k != "memory"]
-        return State([p["memory"] for p in parts], {k: [p[k] for p in parts] for k in kinds})
+        return State([p["memory"] for p in parts], {k: [p[k] for p in parts] for k in kinds}, dict(embed or {}))
 
     # -- every tensor ------------------------------------------------------------------------------
     def names(self) -> list[str]:
-        """Names of :meth:`tensors`, in order: 'layer.i', then 'KIND.i' for each extra kind (sorted)."""
+        """Names of :meth:`tensors`, in order: 'layer.i', then 'KIND.i' for each extra kind (sorted),
+        then 'embed.PART' for each part of the mutable embedding (sorted)."""
         return [f"layer.{i}" for i in range(len(self.layers))] + [
-            f"{k}.{i}" for k in sorted(self.extra) for i in range(len(self.layers))]
+            f"{k}.{i}" for k in sorted(self.extra) for i in range(len(self.layers))] + [
+            f"embed.{k}" for k in sorted(self.embed)]
 
     def tensors(self) -> list[torch.Tensor]:
-        return list(self.layers) + [t for k in sorted(self.extra) for t in self.extra[k]]
+        return (list(self.layers) + [t for k in sorted(self.extra) for t in self.extra[k]]
+                + [self.embed[k] for k in sorted(self.embed)])
 
     def with_tensors(self, tensors: Sequence[torch.Tensor]) -> "State":
         """A state of this structure holding ``tensors`` (in the order of :meth:`tensors`)."""
         n = len(self.layers)
         tensors = list(tensors)
         extra = {k: tensors[n * (j + 1):n * (j + 2)] for j, k in enumerate(sorted(self.extra))}
-        return State(tensors[:n], extra)
+        rest = tensors[n * (len(self.extra) + 1):]
+        return State(tensors[:n], extra, dict(zip(sorted(self.embed), rest)))
 
     def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "State":
         return self.with_tensors([fn(t) for t in self.tensors()])
@@ -111,7 +123,8 @@ class State:
         ever to a regular file (see :func:`plasticlm.files.atomic_write`)."""
         from safetensors.torch import save_file
 
-        meta = {"format": FORMAT, "n_layers": str(len(self.layers)), "extra": ",".join(sorted(self.extra))}
+        meta = {"format": FORMAT, "n_layers": str(len(self.layers)), "extra": ",".join(sorted(self.extra)),
+                "embed": ",".join(sorted(self.embed))}
         meta.update({k: str(v) for k, v in (metadata or {}).items()})
         tensors = {n: t.detach().contiguous().cpu() for n, t in zip(self.names(), self.tensors())}
         atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
@@ -143,7 +156,12 @@ class State:
                 bad = sorted(set(kinds) - set(EXTRA_KINDS))
                 if bad:
                     raise DataError(f"{path}: unknown state kinds {bad}; known: {EXTRA_KINDS}")
-                skeleton = State([torch.empty(0)] * n, {k: [torch.empty(0)] * n for k in kinds})
+                parts = [k for k in meta.get("embed", "").split(",") if k]
+                bad = sorted(set(parts) - set(EMBED_KINDS))
+                if bad:
+                    raise DataError(f"{path}: unknown embedding state parts {bad}; known: {EMBED_KINDS}")
+                skeleton = State([torch.empty(0)] * n, {k: [torch.empty(0)] * n for k in kinds},
+                                 {k: torch.empty(0) for k in parts})
                 want = set(skeleton.names())
                 if keys != want:
                     raise DataError(f"{path}: expected tensors {sorted(want)}, found {sorted(keys)}")
