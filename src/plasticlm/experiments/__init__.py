@@ -13,6 +13,7 @@ EXPERIMENTS = {
     "mqar": "plasticlm.experiments.mqar",
     "bptt": "plasticlm.experiments.bptt",
     "reading": "plasticlm.experiments.reading",
+    "embeddings": "plasticlm.experiments.embeddings",
 }
 
 __all__ = ["EXPERIMENTS", "Run", "make_config", "run_experiment"]
