@@ -7,6 +7,11 @@ import torch.nn.functional as F
 
 from plasticlm import gated_average, gated_decay
 from plasticlm.ops import chunk_recurrence
+from plasticlm.ops.naive import naive_recurrence
+
+
+def naive_gla(q, k, v, log_a, h0):
+    return naive_recurrence(q, k, v, log_a, h0, average=False)
 
 
 def rel(a, b):
@@ -109,3 +114,46 @@ def test_kernel_mode_without_cuda_says_how():
     q, k, v, log_a, _ = make_inputs(1, 8, 1, 4, 4, dtype=torch.float32)
     with pytest.raises(RuntimeError, match="flash-linear-attention|CUDA"):
         gated_average(q, k, v, log_a, mode="kernel")
+
+
+@pytest.mark.parametrize("form", ["masked", "halving"])
+@pytest.mark.parametrize("T,chunk", [(63, 16), (200, 64)], ids=lambda x: str(x))
+def test_both_intra_chunk_forms_match_naive_float64(form, T, chunk):
+    """Each form alone, every output and gradient: 'auto' picks between two exact forms."""
+    q, k, v, log_a, h0 = make_inputs(2, T, 3, 5, 4)
+    ref = outputs_and_grads(lambda *x, mode, chunk_size: naive_gla(*x), (q, k, v, log_a, h0), "naive", chunk)
+    out = outputs_and_grads(lambda *x, mode, chunk_size: chunk_recurrence(*x, chunk_size=chunk_size, form=form),
+                            (q, k, v, log_a, h0), "chunk", chunk)
+    for name, a, b in zip(NAMES, out, ref):
+        assert rel(a, b) < 1e-10, (name, rel(a, b))
+
+
+def test_auto_form_falls_back_to_halving_past_the_masked_limit():
+    """A chunk decaying past e^-40 (float32) would overflow the masked form's e^-b: 'auto' must
+    not take it, and the masked form shows why it must not."""
+    from plasticlm.ops.chunk import masked_limit
+
+    assert 39 < masked_limit(torch.float32) < 41
+    q, k, v, _, h0 = make_inputs(1, 128, 2, 8, 8, dtype=torch.float32)
+    log_a = torch.full_like(q, -2.0)  # a chunk of 64 decays by e^-128
+    o_ref, _ = naive_gla(q, k, v, log_a, h0)
+    o_auto, _ = chunk_recurrence(q, k, v, log_a, h0, chunk_size=64)
+    assert rel(o_auto, o_ref) < 1e-5
+    o_masked, _ = chunk_recurrence(q, k, v, log_a, h0, chunk_size=64, form="masked")
+    assert not torch.isfinite(o_masked).all()
+
+
+@pytest.mark.parametrize("T", [1, 2, 50])
+def test_causal_conv_equals_conv1d_with_every_gradient(T):
+    from plasticlm.ops.conv import causal_depthwise_conv
+
+    g = torch.Generator().manual_seed(0)
+    full = torch.randn(2, 3 + T, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(6, 1, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    ref = F.conv1d(full.transpose(1, 2), weight, groups=6).transpose(1, 2)
+    out = causal_depthwise_conv(full, weight)
+    assert rel(out, ref) < 1e-14
+    probe = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+    for a, b in zip(torch.autograd.grad((out * probe).sum(), (full, weight)),
+                    torch.autograd.grad((ref * probe).sum(), (full, weight))):
+        assert rel(a, b) < 1e-13

@@ -32,6 +32,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .ops.conv import causal_depthwise_conv
+
 HASH = 2654435761  # Knuth's multiplicative constant, prime: a bijection on ids < m for any m
 
 
@@ -119,8 +121,7 @@ class MutableEmbedding(nn.Module):
         T = tokens.shape[1]
         dtype = E["table"].dtype
         full = torch.cat((E["context"].to(base.dtype), base), dim=1)  # (B, w - 1 + T, d)
-        u = F.conv1d(full.transpose(1, 2), self.conv.weight, groups=base.shape[-1]).transpose(1, 2)
-        u = F.silu(u)
+        u = F.silu(causal_depthwise_conv(full, self.conv.weight))
         w = self.write(u).to(dtype)
         log_a = F.logsigmoid(self.gate(u).squeeze(-1).to(dtype))
         fn = table_naive if mode == "naive" or T == 1 else table_chunk

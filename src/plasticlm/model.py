@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from .config import ModelConfig
 from .embedding import MutableEmbedding
 from .ops import gated_average, gated_decay
+from .ops.conv import causal_depthwise_conv
 from .reversible import reversible_stack
 from .state import State
 
@@ -87,7 +88,7 @@ class Memory(nn.Module):
             # A copy, not a view: a view would keep all of `full` alive as long as the state lives
             # (the segment trainer keeps one state per segment boundary).
             carried["conv"] = full[:, T:].to(S["conv"].dtype, copy=True)
-            qkv = F.silu(F.conv1d(full.transpose(1, 2), self.conv.weight, groups=qkv.shape[-1]).transpose(1, 2))
+            qkv = F.silu(causal_depthwise_conv(full, self.conv.weight))
             q, k, v = qkv.split(self.split[:3], dim=-1)
         q, k = q.reshape(B, T, H, K), k.reshape(B, T, H, K)
         if self.cfg.qk_norm:

@@ -15,6 +15,8 @@ from plasticlm.trainer.losses import (
 )
 from plasticlm.trainer.segment import segment_backward, segment_loss
 
+from .conftest import tiny_config
+
 
 def small_model(**kw):
     torch.manual_seed(0)
@@ -104,3 +106,23 @@ def test_full_mode_trains(tmp_path):
 
     s = train(tiny_config(tmp_path, "steps=6", "backprop=full", "optim.lr=1e-2"), progress=False)
     assert s["last_loss"] < s["first_loss"] and math.isfinite(s["valid_loss"])
+
+
+def test_reconstruct_is_chosen_by_the_memory_one_segment_needs(tmp_path, monkeypatch):
+    """'auto' stores a segment's activations when they take at most a quarter of the free memory,
+    and rebuilds them when they would not; 'rebuild' and 'store' are obeyed; the measured
+    activation memory grows with the segment length."""
+    import os
+
+    from plasticlm.trainer.loop import Trainer
+    from plasticlm.trainer.segment import segment_activation_bytes
+
+    assert not Trainer(tiny_config(tmp_path / "a"), progress=False).model.reconstruct
+    assert Trainer(tiny_config(tmp_path / "b", "reconstruct=rebuild"), progress=False).model.reconstruct
+    model = Trainer(tiny_config(tmp_path / "c", "reconstruct=store"), progress=False).model
+    assert not model.reconstruct
+    one, two = segment_activation_bytes(model, 4, 64), segment_activation_bytes(model, 4, 128, probe_len=128)
+    assert 0 < one and 1.5 < two / one < 2.5
+    real = os.sysconf
+    monkeypatch.setattr(os, "sysconf", lambda name: 1 if name == "SC_AVPHYS_PAGES" else real(name))
+    assert Trainer(tiny_config(tmp_path / "d"), progress=False).model.reconstruct

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from .. import archs
 from ..trainer.chunked_ce import chunked_cross_entropy
-from ..trainer.segment import segment_backward
+from ..trainer.segment import activations_fit, segment_backward
 from .models import TRAIN_VARIANTS, bench_model, peak_tflops, train_flops_per_token
 
 GiB = 2 ** 30
@@ -89,8 +89,9 @@ def train_job(job: dict, device: torch.device) -> dict:
     B, T = job["B"], job["T"]
     torch.manual_seed(0)
     model = bench_model(spec["model"], job["model"], spec.get("reversible"), job.get("baseline")).to(device)
-    if spec["model"] == "plasticlm" and (spec["trainer"] == "full" or spec.get("reconstruct") is False):
-        model.reconstruct = False  # reversible coupling under plain autograd: activations stored
+    if spec["model"] == "plasticlm":  # reversible coupling: activations stored unless asked or they do not fit
+        L = min(T, max(1, job["segment_tokens"] // B))
+        model.reconstruct = spec["trainer"] == "segment" and spec.get("reconstruct", not activations_fit(model, B, L)[0])
     if job.get("compile"):
         compile_submodules(model)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
@@ -122,7 +123,8 @@ def train_job(job: dict, device: torch.device) -> dict:
     peak = job.get("peak_tflops") or peak_tflops(device)
     out = {"tok_s": round(B * T / sec), "step_s": round(sec, 4), "timed_steps": n, "params": model.num_params(),
            "segment_len": L if spec["trainer"] == "segment" else None, "model_TFLOPs": round(flops / 1e12, 3),
-           "mfu": round(flops / 1e12 / peak, 4) if peak else None, **_memory(device)}
+           "mfu": round(flops / 1e12 / peak, 4) if peak else None,
+           "reconstruct": getattr(model, "reconstruct", None) if spec["model"] == "plasticlm" else None, **_memory(device)}
     return out
 
 

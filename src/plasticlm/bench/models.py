@@ -13,10 +13,11 @@ TRAIN_VARIANTS = {
     "plasticlm-rev/segment": dict(model="plasticlm", reversible=True, trainer="segment", storage="device"),
     "plasticlm-rev/segment-host": dict(model="plasticlm", reversible=True, trainer="segment", storage="host"),
     "plasticlm-plain/segment": dict(model="plasticlm", reversible=False, trainer="segment", storage="device"),
-    # Reversible coupling, but each recomputed segment keeps its activations (reconstruct=False):
-    # what input reconstruction costs when the segment already bounds activation memory.
-    "plasticlm-rev/segment-stored": dict(model="plasticlm", reversible=True, trainer="segment", storage="device",
-                                         reconstruct=False),
+    # The segment variants store a segment's activations when they fit, as the trainer's
+    # reconstruct=auto does; this one always rebuilds each block's inputs from its outputs (the
+    # memory of one block): what reconstruction costs.
+    "plasticlm-rev/segment-rebuild": dict(model="plasticlm", reversible=True, trainer="segment", storage="device",
+                                          reconstruct=True),
     "plasticlm-rev/full": dict(model="plasticlm", reversible=True, trainer="full"),
     "plasticlm-plain/full": dict(model="plasticlm", reversible=False, trainer="full"),
     "transformer/full": dict(model="transformer", trainer="full"),

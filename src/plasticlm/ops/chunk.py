@@ -1,11 +1,19 @@
 """Chunkwise-parallel gated linear attention in plain PyTorch (CPU and GPU).
 
-The sequence is cut into chunks of C tokens. Within a chunk, outputs come from small
-matrix products over halves of blocks; across chunks, only the (K, V) state is passed along, one small update
-per chunk. Gates enter as cumulative sums b of log a, and every exponential is taken of a
-difference b_t - b_s with s <= t, so each factor lies in (0, 1] and nothing overflows however
-strong the decay. The chunk size must be a power of two, so that the intra-chunk pairs can be
-covered by halving (see below).
+The sequence is cut into chunks of C tokens; across chunks, only the (K, V) state is passed
+along, one small update per chunk. Gates enter as cumulative sums b of log a from the chunk
+start (b <= 0, falling). Within a chunk the outputs come from one of two exact forms:
+
+- **masked** (fast): one (C x C) product (q e^b)(k e^-b)^T, lower triangle kept. Its factors
+  e^{+-b} are finite and far from underflow only while no chunk decays by more than
+  ``MASKED_LIMIT`` (e^40 in float32), which holds for the gates of every trained model we have
+  measured; each factor then carries its own rounding only, so the product is as exact as the
+  other form.
+- **halving** (always safe): products over halves of blocks, every exponential taken of a
+  difference b_t - b_s with s <= t, so each factor lies in (0, 1] and nothing overflows however
+  strong the decay. The chunk size must be a power of two, so the halves cover every pair.
+
+``form='auto'`` takes the masked form when the strongest chunk decay allows it, else halving.
 """
 from __future__ import annotations
 
@@ -15,12 +23,20 @@ import torch
 import torch.nn.functional as F
 
 
-def chunk_recurrence(q, k, v, log_a, initial_state=None, chunk_size: int = 64):
+def masked_limit(dtype: torch.dtype) -> float:
+    """The largest chunk decay -b the masked form takes: e^{+-limit} well inside the dtype's range."""
+    return 0.45 * math.log(torch.finfo(dtype).max)  # float32: 40, float64: 319
+
+
+def chunk_recurrence(q, k, v, log_a, initial_state=None, chunk_size: int = 64, form: str = "auto"):
     """S_t = diag(a_t) S_{t-1} + k_t v_t^T,  o_t = S_t^T q_t  (GLA form, write weight folded into k).
 
-    Shapes as in :func:`plasticlm.ops.naive.naive_recurrence`. Returns (o in v's dtype,
-    final state in the compute dtype, at least float32).
+    Shapes as in :func:`plasticlm.ops.naive.naive_recurrence`. ``form``: the intra-chunk
+    product, 'auto', 'masked' or 'halving' (module docstring). Returns (o in v's dtype, final
+    state in the compute dtype, at least float32).
     """
+    if form not in ("auto", "masked", "halving"):
+        raise ValueError(f"form must be 'auto', 'masked' or 'halving', got {form!r}")
     B, T, H, K = q.shape
     V = v.shape[-1]
     C = int(chunk_size)
@@ -45,10 +61,18 @@ def chunk_recurrence(q, k, v, log_a, initial_state=None, chunk_size: int = 64):
     decay = b_last.exp().unsqueeze(-1)  # (B, H, N, K, 1)
     S = q.new_zeros(B, H, K, V) if initial_state is None else initial_state.to(dtype)
     starts = []
-    for n in range(N):
+    # unbind, not decay[:, :, n]: each indexing's backward would write a zero tensor of the
+    # whole (B, H, N, ...) shape, N times over.
+    for d_n, U_n in zip(decay.unbind(2), U.unbind(2)):
         starts.append(S)
-        S = decay[:, :, n] * S + U[:, :, n]  # (B, H, K, V)
-    o = (q * b.exp()) @ torch.stack(starts, dim=2)  # (B, H, N, C, V)
+        S = d_n * S + U_n  # (B, H, K, V)
+    q_decayed = q * b.exp()
+    o = q_decayed @ torch.stack(starts, dim=2)  # (B, H, N, C, V)
+
+    if form == "masked" or (form == "auto" and bool(b_last.min() >= -masked_limit(dtype))):
+        scores = (q_decayed @ (k * (-b).exp()).transpose(-1, -2)).tril()  # (B, H, N, C, C); diagonal: decay 1
+        o = (o + scores @ v).reshape(B, H, N * C, V)[:, :, :T]
+        return o.transpose(1, 2).to(out_dtype), S
 
     # Intra-chunk, by halving: at each level a block of s tokens splits into halves, and the
     # second half reads the first through the reference point r = b at the first half's last

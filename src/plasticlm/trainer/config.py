@@ -157,6 +157,11 @@ class TrainConfig:
     storage: str = "auto"
     """Where segment BPTT keeps boundary states: 'device', 'host' (CPU memory), or 'auto' (the
     device, unless they would take more than a quarter of its free memory)."""
+    reconstruct: str = "auto"
+    """Reversible models under the segment trainer: 'rebuild' recomputes each block's inputs from
+    its outputs in the backward pass (activation memory of one block), 'store' keeps the segment's
+    activations (one forward less per segment), 'auto' stores them when one segment's take at
+    most a quarter of the free memory (measured once, on a probe segment)."""
     precision: str = "auto"
     """'auto' (bf16 autocast on CUDA, fp32 on CPU), 'fp32' or 'bf16'."""
     compile: bool = False
@@ -184,6 +189,7 @@ class TrainConfig:
         _choice("backprop", self.backprop, ("segment", "full"))
         _choice("bptt", self.bptt, ("whole", "window"))
         _choice("storage", self.storage, ("auto", "device", "host"))
+        _choice("reconstruct", self.reconstruct, ("auto", "rebuild", "store"))
         _choice("precision", self.precision, ("auto", "fp32", "bf16"))
         _choice("optim.schedule", self.optim.schedule, ("cosine", "wsd"))
         _choice("loss.ramp", self.loss.ramp, ("linear", "cosine"))
@@ -223,7 +229,8 @@ class TrainConfig:
                              f"arch={self.arch!r}")
 
 
-RESUME_FREE = ("out_dir", "device", "log", "checkpoint", "compile", "storage", "eval_tokens", "dist.backend")
+RESUME_FREE = ("out_dir", "device", "log", "checkpoint", "compile", "storage", "reconstruct", "eval_tokens",
+               "dist.backend")
 """Settings a resumed run may change without a word: where it runs, how it reports, saves and
 checks itself, none of what it computes."""
 
@@ -235,6 +242,11 @@ def changed_on_resume(saved: Any, cfg: TrainConfig, allowed: bool = True) -> lis
     then, now = _flat(saved if isinstance(saved, dict) else {}), _flat(to_dict(cfg))
     free = RESUME_FREE + (tuple(cfg.checkpoint.allow_changed) if allowed else ())
     missing = "(not set)"
+    # A field added since the checkpoint was written, at its default, is what that run ran with.
+    defaults = _flat(to_dict(dataclasses.replace(cfg, model=type(cfg.model)())))
+    for k, v in now.items():
+        if k not in then and k.startswith("model.") and defaults.get(k, missing) == v:
+            then[k] = v
     return [(k, then.get(k, missing), now.get(k, missing)) for k in sorted(set(then) | set(now))
             if then.get(k, missing) != now.get(k, missing) and _prefixes(k).isdisjoint(free)]
 

@@ -34,7 +34,7 @@ from .config import TrainConfig, changed_on_resume, to_dict
 from .distributed import Dist, shard_fsdp
 from .losses import band_edges, proxy_penalty, ramp_weights, retention_mass
 from .metrics import RunLogger, read_metrics
-from .segment import segment_backward, segment_loss
+from .segment import activations_fit, segment_backward, segment_loss
 from .stream_kinds import build_stream, stream_tokenizer
 
 
@@ -111,6 +111,8 @@ class Trainer:
                                    seed=cfg.seed)
         bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda")
         self.autocast = (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+        self.reconstruct_note = ""
+        self._choose_reconstruct()
         self.out = Path(cfg.out_dir)
         self.ckpt_root = self.out / "checkpoints"
         horizon = cfg.loss.proxy_horizon or cfg.data.seq_len
@@ -164,6 +166,22 @@ class Trainer:
                 raise ValueError(f"arch {self.cfg.arch!r} keeps a state without per-row reset "
                                  f"({type(self.state).__name__}): train it with bptt=whole")
         return self.state.reset(batch.reset)
+
+    def _choose_reconstruct(self) -> None:
+        """Reversible blocks under the segment trainer store a segment's activations when they fit
+        (one forward less per segment), and rebuild them from the outputs when they do not."""
+        cfg, model = self.cfg, self.model
+        if not (getattr(model, "config", None) is not None and getattr(model.config, "reversible", False)
+                and cfg.backprop == "segment"):
+            return
+        if cfg.reconstruct != "auto":
+            model.reconstruct = cfg.reconstruct == "rebuild"
+            return
+        with self.autocast():
+            fit, need, budget = activations_fit(model, cfg.data.batch_size // self.dist.world_size, cfg.segment_len)
+        model.reconstruct = not fit
+        self.reconstruct_note = (f"reconstruct={'store' if fit else 'rebuild'}: one segment's activations "
+                                 f"~{need / 2**20:,.0f} MiB, a quarter of free memory {budget / 2**20:,.0f} MiB")
 
     def _storage(self, B: int, T: int) -> str:
         if self.cfg.storage != "auto" or self.device.type != "cuda":
@@ -420,6 +438,8 @@ class Trainer:
                         start_step=self.step, progress=self.progress)
         if self.resumed_from is not None:
             log.write(f"resumed from {self.resumed_from} (step {self.step})")
+        if self.reconstruct_note and self.progress:
+            log.write(self.reconstruct_note)
         old = signal.signal(signal.SIGTERM, self._on_sigterm) if threading.current_thread() is threading.main_thread() else None
         t0, start_tokens, saved_at, valid, eval_seconds = time.perf_counter(), self.tokens, None, None, 0.0
         try:
@@ -477,6 +497,7 @@ class Trainer:
                        "valid_loss": valid, "valid_bits_per_byte": valid / math.log(2) if per_byte else None,
                        "skipped_steps": self.skipped, "stopped_early": self.stopped_early,
                        "world_size": d.world_size, "model_id": mid,
+                       "reconstruct": getattr(self.model, "reconstruct", None),
                        "checkpoint": str(self.out), "config": to_dict(cfg)}
             (self.out / "summary.json").write_text(json.dumps(summary, indent=1))
         d.barrier()

@@ -140,3 +140,45 @@ def segment_backward(model, tokens, targets, segment_len: int, weights=None, sta
             if s.requires_grad:
                 s.grad = g if s.grad is None else s.grad + g
     return (loss, final.detach()) if return_state else loss
+
+
+def segment_activation_bytes(model, batch_size: int, segment_len: int, probe_len: int = 128) -> int:
+    """Bytes autograd saves for one segment of ``batch_size`` x ``segment_len`` tokens when the
+    reversible blocks store their activations (``reconstruct`` off): measured on a probe segment
+    of ``probe_len`` tokens (every saved tensor counted once, the weights not) and scaled to L."""
+    probe = min(segment_len, probe_len)
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen, total = set(), 0
+
+    def pack(t):
+        nonlocal total
+        key = t.untyped_storage().data_ptr()
+        if key not in weights and key not in seen:
+            seen.add(key)
+            total += t.untyped_storage().nbytes()
+        return t
+
+    was = model.reconstruct
+    model.reconstruct = False
+    try:
+        tokens = torch.zeros(batch_size, probe, dtype=torch.long, device=model.embed.weight.device)
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(tokens, check=False)
+    finally:
+        model.reconstruct = was
+    return total * segment_len // probe
+
+
+def activations_fit(model, batch_size: int, segment_len: int) -> tuple[bool, int, int]:
+    """(fit, need, budget): whether one segment's stored activations (:func:`segment_activation_bytes`)
+    take at most a quarter of the free memory of the model's device (CUDA: free device memory;
+    CPU: available RAM)."""
+    import os
+
+    device = model.embed.weight.device
+    need = segment_activation_bytes(model, batch_size, segment_len)
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    else:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return need <= free // 4, need, free // 4
