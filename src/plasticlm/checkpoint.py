@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from . import archs
+from . import archs, hf_folder
 from .files import MANIFEST, DataError, atomic_write, verify_manifest, write_manifest
 from .tokenizer import Tokenizer, load_tokenizer
 
@@ -135,6 +135,8 @@ def read_checkpoint(directory: str | os.PathLike, device: str | torch.device = "
     and what is wrong with it; FileNotFoundError when ``directory`` holds no checkpoint at all.
     """
     d = Path(directory)
+    if manifest is None and hf_folder.is_hf_folder(d):  # written by save_pretrained: checked from its files
+        return hf_folder.read_hf_folder(d, device)
     if manifest is None:
         manifest = verify_manifest(d, [TOKENIZER]) if os.path.lexists(d / MANIFEST) else _no_manifest(d)
     names = manifest.get("weights", [WEIGHTS])  # training checkpoints written before the list hold one file
