@@ -9,10 +9,13 @@ Needs ``pip install 'plasticlm[lmeval]'``; imported lazily, so plasticlm works w
 Importing this module also registers the model name ``plasticlm`` with the harness
 (``--model plasticlm --model_args checkpoint=DIR,device=cuda`` once this module is imported).
 
-The three request types, each read from a fresh state, the text prefixed by [BOS]:
-``loglikelihood`` (context, continuation) -> (sum log p of the continuation, all greedy);
-``loglikelihood_rolling`` (text,) -> sum log p of all its tokens, the whole text streamed once
-through the recurrent state (no windows: every token sees the full context);
+The three request types, each read from a fresh state, tokenized as the harness's own ``hf``
+model does for a tokenizer that adds no [BOS] (so both give the same numbers on a folder written
+by ``plasticlm export-hf``): ``loglikelihood`` (context, continuation) -> (sum log p of the
+continuation, all greedy), the context's trailing spaces moved to the continuation, and [BOS]
+as the context only when it is empty; ``loglikelihood_rolling`` (text,) -> sum log p of all its
+tokens after [BOS], the whole text streamed once through the recurrent state (no windows: every
+token sees the full context);
 ``generate_until`` (context, {until, max_gen_toks}) -> greedy text cut before the first stop string.
 The request functions take anything with ``.args``, so they are tested without the harness.
 """
@@ -31,6 +34,9 @@ def loglikelihood(lm: LM, tok, requests) -> list[tuple[float, bool]]:
     bos, out = special(tok, "[BOS]"), []
     for r in requests:
         context, continuation = r.args[0], r.args[1]
+        spaces = len(context) - len(context.rstrip())
+        if spaces and context.strip():  # the harness's _encode_pair: a word's space belongs to the word
+            context, continuation = context[:-spaces], context[-spaces:] + continuation
         whole, ctx = tok.encode(context + continuation), tok.encode(context)
         # Tokenize jointly and split, as the harness's own models do, so a word boundary is not
         # tokenized differently from how the text would run on.
@@ -40,7 +46,7 @@ def loglikelihood(lm: LM, tok, requests) -> list[tuple[float, bool]]:
         if not cont:
             out.append((0.0, True))
             continue
-        ll, greedy, _, _ = score_continuation(lm, lm.init_state(1), [bos] + list(ctx), cont)
+        ll, greedy, _, _ = score_continuation(lm, lm.init_state(1), list(ctx) or [bos], cont)
         out.append((ll, greedy))
     return out
 

@@ -70,8 +70,8 @@ class PlasticLMConfig(PreTrainedConfig):
     def __post_init__(self, **kwargs):
         unknown = sorted(set(kwargs) - _ACCEPTED)
         if unknown:
-            where = kwargs.get("name_or_path") or kwargs.get("_name_or_path")
-            raise ValueError(f"{where + '/' if where else ''}config.json: unknown field {unknown[0]!r} for a plasticlm "
+            where = kwargs.get("name_or_path") or kwargs.get("_name_or_path")  # the folder, when loading one
+            raise ValueError(f"{str(where) + '/' if where else ''}config.json: unknown field {unknown[0]!r} for a plasticlm "
                              f"model (its fields: {_FIELDS})")
         self.model_config()  # every ModelConfig check, now
         super().__post_init__(**kwargs)
@@ -174,12 +174,12 @@ class PlasticLMForCausalLM(PreTrainedModel, GenerationMixin):
             if past_key_values is not None:
                 raise ValueError("attention_mask has zeros in a call that continues a cache: padding is only "
                                  "understood in the first call, on the left of each row")
-            h, state = self._left_padded(input_ids, attention_mask.bool())
+            logits, state = self._left_padded(input_ids, attention_mask.bool())
+            logits = logits[:, -logits_to_keep:] if logits_to_keep else logits
         else:
             h, state = self.model.hidden(input_ids, state)
-        if logits_to_keep:
-            h = h[:, -logits_to_keep:]
-        logits = F.linear(h, self.model.embed.weight).float()  # 0 at pad positions, where h is 0
+            h = h[:, -logits_to_keep:] if logits_to_keep else h
+            logits = F.linear(h, self.model.embed.weight).float()
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten().to(logits.device),
@@ -193,7 +193,8 @@ class PlasticLMForCausalLM(PreTrainedModel, GenerationMixin):
         return out if return_dict is not False else out.to_tuple()
 
     def _left_padded(self, input_ids, mask):
-        """Each row's real tokens read alone from a fresh state: (h (B, T, d) with zeros at pads, stacked State)."""
+        """Each row's real tokens read alone from a fresh state: (logits (B, T, V), 0 at pads; stacked State).
+        The head is applied row by row too: a matrix product over another shape may round otherwise."""
         B, T = input_ids.shape
         first = mask.int().argmax(1)  # each row's first real position
         for r in range(B):
@@ -203,14 +204,14 @@ class PlasticLMForCausalLM(PreTrainedModel, GenerationMixin):
                 raise ValueError(f"attention_mask row {r} has a zero after its first real token: only left padding "
                                  "is understood (tokenizer.padding_side = 'left'), since a recurrent state reads "
                                  "every token it is given")
-        h = torch.zeros(B, T, self.config.d_model, dtype=self.model.embed.weight.dtype, device=input_ids.device)
+        logits = torch.zeros(B, T, self.config.vocab_size, device=input_ids.device)
         states = []
         for r in range(B):
             a = int(first[r])
-            hr, s = self.model.hidden(input_ids[r:r + 1, a:])
-            h[r, a:] = hr[0]
+            h, s = self.model.hidden(input_ids[r:r + 1, a:])
+            logits[r, a:] = F.linear(h[0], self.model.embed.weight).float()
             states.append(s)
-        return h, State.cat(states)
+        return logits, State.cat(states)
 
 
 def to_hf(model: PlasticLM, tokenizer=None) -> PlasticLMForCausalLM:
