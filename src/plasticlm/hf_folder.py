@@ -8,7 +8,7 @@
                         tokenizer as a BPE without merges whose ids are the bytes, then the specials
     tokenizer_config.json, generation_config.json, modeling_plasticlm.py (for trust_remote_code)
 
-and :func:`read_hf_folder` reads it back as a :class:`~plasticlm.checkpoint.Checkpoint`, so
+and :func:`plasticlm.checkpoint.read_checkpoint` reads it back with the helpers here, so
 ``load_lm``, ``plasticlm generate`` and ``plasticlm eval`` take it like any checkpoint. It has
 no manifest (transformers writes none), so what the manifest guarantees elsewhere is checked
 here from the files themselves: config.json must describe a plasticlm (another model_type, an
@@ -19,7 +19,6 @@ checkpoint's that was exported, and a state that checkpoint read loads with the 
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -69,46 +68,8 @@ def split_config(data, where: str):
     return config, {k: data[k] for k in data if k in HF_KEYS}
 
 
-def read_hf_folder(directory: str | os.PathLike, device="cpu"):
-    """The :class:`~plasticlm.checkpoint.Checkpoint` of a folder written by ``save_pretrained``."""
-    import torch
-
-    from .checkpoint import DTYPES, Checkpoint, _read_weights, check_tensors, model_id
-
-    d = Path(directory)
-    config, hf = split_config(read_json(d / CONFIG, within=d), str(d / CONFIG))
-    names = _weight_files(d)
-    tensors = {}
-    for name in names:
-        _, more = _read_weights(d / name, device)
-        for key, t in more.items():
-            if not key.startswith(PREFIX):
-                raise DataError(f"{d / name}: tensor {key!r} is not a PlasticLMForCausalLM's (names start {PREFIX!r})")
-            tensors[key[len(PREFIX):]] = t
-    where = str(d / names[0])
-    try:
-        expected = archs.meta_state_dict(MODEL_TYPE, config, max_blocks=len(tensors))
-    except ValueError as e:
-        raise DataError(f"{d / CONFIG}: {e}") from None
-    floats = {t.dtype for t in tensors.values() if t.is_floating_point()}
-    stored = floats.pop() if len(floats) == 1 else None
-    if stored not in DTYPES.values():  # save_pretrained writes one dtype; mixed or float16 ones are not ours
-        raise DataError(f"{where}: tensors of dtypes {sorted(map(str, floats | {stored}))}: expected all float32 "
-                        "or all bfloat16")
-    check_tensors(tensors, {k: v.to(stored) if v.is_floating_point() else v for k, v in expected.items()}, where)
-    tokenizer = load_hf_tokenizer(d / TOKENIZER, within=d)
-    if tokenizer.vocab_size != config.vocab_size:
-        raise DataError(f"{d / TOKENIZER}: {tokenizer.vocab_size} tokens, but {d / CONFIG} says vocab_size="
-                        f"{config.vocab_size}")
-    mid = model_id(config, tensors)
-    dtype = next(k for k, v in DTYPES.items() if v == stored)
-    meta = {"format": "transformers", "arch": MODEL_TYPE, "config": json.dumps(config.to_dict()), "model_id": mid,
-            "vocab_size": str(config.vocab_size), "dtype": dtype}
-    del torch
-    return Checkpoint(MODEL_TYPE, config, tensors, tokenizer, meta, mid)
-
-
-def _weight_files(d: Path) -> list[str]:
+def weight_files(d: Path) -> list[str]:
+    """The folder's safetensors files (one, or those its index names)."""
     if os.path.lexists(d / INDEX):  # a sharded save: the index maps every tensor to its file
         index = read_json(d / INDEX, within=d)
         files = index.get("weight_map") if isinstance(index, dict) else None

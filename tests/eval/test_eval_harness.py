@@ -99,3 +99,61 @@ def test_missing_harness_gives_a_clear_error(monkeypatch, tok, bigram):
     monkeypatch.setattr(harness, "_CLASS", None)
     with pytest.raises(ImportError, match=r"pip install 'plasticlm\[lmeval\]'"):
         harness.harness_lm(bigram, tokenizer=tok)
+
+
+def test_harness_hf_model_on_the_exported_folder_equals_plasticlms_adapter(tok, plastic, checkpoint, tmp_path,
+                                                                          monkeypatch):
+    """One local task of each kind, run by lm-eval with plasticlm's adapter and with its own `hf`
+    model on the export-hf folder: the same numbers, and the rolling ones the perplexity suite's."""
+    lm_eval = pytest.importorskip("lm_eval")
+    pytest.importorskip("transformers")
+    import plasticlm.hf
+    from lm_eval.tasks import TaskManager
+
+    from plasticlm.eval import Context
+    from plasticlm.eval import perplexity as ppl
+    from plasticlm.eval.registry import make_config
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder = plasticlm.hf.export_hf(checkpoint, tmp_path / "hf")
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text('{"text": "The cat sat on the mat.", "context": "The cat sat on the", "continuation": " mat"}\n'
+                    '{"text": "A second  document,\\nwith two lines.", "context": "", "continuation": "A second"}\n'
+                    '{"text": "ünïcode", "context": "Trailing space ", "continuation": "moves"}\n')
+    common = f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {docs}\ntest_split: test\n"
+    (tmp_path / "ll.yaml").write_text(
+        f"task: plasticlm_local_ll\n{common}output_type: loglikelihood\ndoc_to_text: \"{{{{context}}}}\"\n"
+        "doc_to_target: \"{{continuation}}\"\ntarget_delimiter: \"\"\nmetric_list:\n  - metric: perplexity\n"
+        "  - metric: acc\n")
+    (tmp_path / "ppl.yaml").write_text(
+        f"task: plasticlm_local_rolling\n{common}output_type: loglikelihood_rolling\ndoc_to_text: \"\"\n"
+        "doc_to_target: \"{{text}}\"\nmetric_list:\n  - metric: word_perplexity\n  - metric: byte_perplexity\n"
+        "  - metric: bits_per_byte\n")
+    tasks = ["plasticlm_local_ll", "plasticlm_local_rolling"]
+    runs = {}
+    for name, model, args in [("plasticlm", harness.harness_lm(plastic, tokenizer=tok), None),
+                              ("hf", "hf", f"pretrained={folder},device=cpu,batch_size=1")]:
+        runs[name] = lm_eval.simple_evaluate(model=model, model_args=args, tasks=tasks, log_samples=True,
+                                             task_manager=TaskManager(include_path=str(tmp_path)))
+    ours, theirs = runs["plasticlm"], runs["hf"]
+    for task in tasks:
+        # Per request: the same tokens are scored; the sums differ at most by float32 rounding (one
+        # forward over the whole sequence there, context then continuation with the state here).
+        a = [s["resps"] for s in sorted(ours["samples"][task], key=lambda s: s["doc_id"])]
+        b = [s["resps"] for s in sorted(theirs["samples"][task], key=lambda s: s["doc_id"])]
+        assert len(a) == len(b) == 3
+        for x, y in zip(a, b):
+            x, y = x[0][0], y[0][0]
+            if isinstance(x, (list, tuple)):
+                assert x[1] == y[1]  # is_greedy
+                x, y = x[0], y[0]
+            assert x == pytest.approx(y, rel=1e-5, abs=1e-5)
+        for metric, value in ours["results"][task].items():
+            if "stderr" not in metric and isinstance(value, float):
+                assert value == pytest.approx(theirs["results"][task][metric], rel=1e-5), (task, metric)
+    suite = ppl.run(Context(lm=plastic, tokenizer=tok, out_dir=tmp_path, progress=False),
+                    make_config("perplexity", overrides={"perplexity.source": str(docs)}))
+    for m in ("word_perplexity", "byte_perplexity", "bits_per_byte"):
+        # exp(-LL / words) of an untrained model is ~1e12: a float32 rounding of LL moves it by ~1e-6.
+        assert suite[m] == pytest.approx(theirs["results"]["plasticlm_local_rolling"][f"{m},none"], rel=1e-5), m

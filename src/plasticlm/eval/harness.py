@@ -123,7 +123,8 @@ def _harness_class():
             return generate_until(self.lm, self.tok, requests, self.max_gen_toks)
 
     try:
-        from lm_eval.api.registry import register_model
+        import lm_eval.models  # noqa: F401  (the harness fills its registry lazily, only while it is empty:
+        from lm_eval.api.registry import register_model  # registering first would hide its own hf model)
 
         register_model("plasticlm")(PlasticHarnessLM)
     except (ImportError, ValueError, AssertionError):
