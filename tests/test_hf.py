@@ -282,3 +282,15 @@ def test_missing_transformers_gives_a_clear_error(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_transformers)
     with pytest.raises(ImportError, match=r"pip install 'plasticlm\[hf\]'"):
         importlib.import_module("plasticlm.hf")
+
+
+def test_plasticlm_eval_reads_the_folder_as_the_checkpoint(exported, tmp_path):
+    results = {}
+    for name, path in (("ckpt", exported[1]), ("hf", exported[2])):
+        args = ["eval", str(path), "--suite", "perplexity", "--preset", "smoke", "--out", str(tmp_path / name),
+                "--no-progress", "--no-controls", "perplexity.max_docs=3"]
+        assert main(args) == 0
+        results[name] = json.loads((tmp_path / name / "results.json").read_text())
+    a, b = (results[n]["suites"]["perplexity"]["results"] for n in ("ckpt", "hf"))
+    assert a == b and a["n_tokens"] > 0
+    assert results["ckpt"]["checkpoint"]["model_id"] == results["hf"]["checkpoint"]["model_id"] == exported[3]

@@ -1,5 +1,8 @@
 """The lm-evaluation-harness adapter: request handling with fake requests, then the real harness."""
+import json
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -152,6 +155,15 @@ def test_harness_hf_model_on_the_exported_folder_equals_plasticlms_adapter(tok, 
         for metric, value in ours["results"][task].items():
             if "stderr" not in metric and isinstance(value, float):
                 assert value == pytest.approx(theirs["results"][task][metric], rel=1e-5), (task, metric)
+    # The README's command line, in a process that never imported plasticlm: the same number, bit for bit.
+    cli = [sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args",
+           f"pretrained={folder},trust_remote_code=True", "--device", "cpu", "--tasks", "plasticlm_local_rolling",
+           "--include_path", str(tmp_path), "--output_path", str(tmp_path / "cli")]
+    done = subprocess.run(cli, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (result,) = (tmp_path / "cli").rglob("results_*.json")
+    got = json.loads(result.read_text())["results"]["plasticlm_local_rolling"]["bits_per_byte,none"]
+    assert got == theirs["results"]["plasticlm_local_rolling"]["bits_per_byte,none"]
     suite = ppl.run(Context(lm=plastic, tokenizer=tok, out_dir=tmp_path, progress=False),
                     make_config("perplexity", overrides={"perplexity.source": str(docs)}))
     for m in ("word_perplexity", "byte_perplexity", "bits_per_byte"):

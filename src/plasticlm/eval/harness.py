@@ -16,7 +16,8 @@ continuation, all greedy), the context's trailing spaces moved to the continuati
 as the context only when it is empty; ``loglikelihood_rolling`` (text,) -> sum log p of all its
 tokens after [BOS], the whole text streamed once through the recurrent state (no windows: every
 token sees the full context);
-``generate_until`` (context, {until, max_gen_toks}) -> greedy text cut before the first stop string.
+``generate_until`` (context, {until, max_gen_toks}) -> greedy text cut before the first stop string,
+read after [BOS] only when the context is empty (as loglikelihood).
 The request functions take anything with ``.args``, so they are tested without the harness.
 """
 from __future__ import annotations
@@ -72,7 +73,7 @@ def generate_until(lm: LM, tok, requests, max_gen_toks: int = 256) -> list[str]:
         until = [until] if isinstance(until, str) else list(until)
         limit = int(kwargs.get("max_gen_toks", max_gen_toks))
         state = lm.init_state(1)
-        logp, state = lm.score(torch.tensor([[bos] + list(tok.encode(context))], dtype=torch.long), state)
+        logp, state = lm.score(torch.tensor([list(tok.encode(context)) or [bos]], dtype=torch.long), state)
         new: list[int] = []
         text = ""
         for _ in range(limit):
