@@ -65,6 +65,8 @@ def test_forward_logits_equal_plasticlm(exported, hf):
     out = hf_model(x)
     assert torch.equal(out.logits, model(x)[0])
     assert isinstance(out.past_key_values, phf.PlasticLMCache) and out.past_key_values.seen == x.shape[1]
+    loss = hf_model(x, labels=x).loss
+    assert torch.equal(loss, torch.nn.functional.cross_entropy(out.logits[0, :-1], x[0, 1:]))
     # The cache carries the State: the next piece after it equals the model carried by hand.
     y = ids_of(" and more")
     _, s = model(x)
@@ -157,6 +159,19 @@ def test_generation_with_the_cache_equals_recomputing_the_prefix(hf, padded):
     cached = hf_model.generate(**enc, max_new_tokens=16, do_sample=False)
     again = hf_model.generate(**enc, max_new_tokens=16, do_sample=False, use_cache=False)
     assert cached.tolist() == again.tolist()
+
+
+def test_beam_search_and_continuing_from_a_returned_cache(hf):
+    hf_model, tok = hf
+    enc = tok(PROMPTS[:2], return_tensors="pt", padding=True)
+    beams = [hf_model.generate(**enc, max_new_tokens=6, num_beams=3, do_sample=False, use_cache=c) for c in (True, False)]
+    assert beams[0].tolist() == beams[1].tolist()
+    first = hf_model.generate(**enc, max_new_tokens=3, do_sample=False, return_dict_in_generate=True)
+    assert isinstance(first.past_key_values, phf.PlasticLMCache) and first.past_key_values.seen == first.sequences.shape[1] - 1
+    mask = torch.cat([enc["attention_mask"], torch.ones(2, 3, dtype=torch.long)], 1)
+    more = hf_model.generate(first.sequences, attention_mask=mask, past_key_values=first.past_key_values,
+                             max_new_tokens=3, do_sample=False)
+    assert more.tolist() == hf_model.generate(**enc, max_new_tokens=6, do_sample=False).tolist()
 
 
 def test_sampling_is_seeded_and_top_k_1_is_greedy(hf):

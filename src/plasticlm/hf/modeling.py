@@ -100,8 +100,9 @@ class PlasticLMConfig(PreTrainedConfig):
 class PlasticLMCache:
     """The recurrent State as transformers' generation cache, updated in place as a Cache is.
 
-    ``get_seq_length`` counts the tokens read (``generate`` asks it when handed a cache to continue
-    from); ``reorder_cache`` picks rows for beam search. It never crops: a State cannot forget.
+    ``get_seq_length`` counts the positions of ``input_ids`` consumed, pads included (``generate``
+    slices a continued prompt by it); ``reorder_cache`` picks rows for beam search. It never
+    crops: a State cannot forget.
     """
 
     is_compileable = False
