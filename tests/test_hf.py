@@ -75,10 +75,12 @@ def test_forward_logits_equal_plasticlm(exported, hf):
 
 def test_save_load_round_trip_is_bit_identical(exported, hf, tmp_path):
     model, ckpt, folder, mid = exported
-    hf[0].save_pretrained(tmp_path / "again")
+    hf[0].save_pretrained(tmp_path / "again")  # what a transformers user writes, e.g. after fine-tuning
+    hf[1].save_pretrained(tmp_path / "again")
     again = AutoModelForCausalLM.from_pretrained(tmp_path / "again")
     want = model.state_dict()
-    for got in (hf[0].model.state_dict(), again.model.state_dict(), load_model(folder)[0].state_dict()):
+    for got in (hf[0].model.state_dict(), again.model.state_dict(), load_model(folder)[0].state_dict(),
+                load_model(tmp_path / "again")[0].state_dict()):
         assert list(got) == list(want) and all(torch.equal(got[k], want[k]) for k in want)
     # plasticlm reads the folder as the checkpoint it came from: same model_id, so its states fit.
     lm, tok, meta = load_lm(folder)

@@ -188,7 +188,7 @@ class PlasticLMForCausalLM(PreTrainedModel, GenerationMixin):
         cache = None
         if use_cache:
             seen = (0 if past_key_values is None else past_key_values.seen) + input_ids.shape[1]
-            cache = past_key_values or PlasticLMCache(state)
+            cache = PlasticLMCache(state) if past_key_values is None else past_key_values
             cache.state, cache.seen = state, seen
         out = CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=cache)
         return out if return_dict is not False else out.to_tuple()
