@@ -22,6 +22,9 @@ for real; non-finite weights are refused by name; and the model_id is recomputed
 tensors loaded and must equal the recorded one, so what a state or an evaluation names is what
 was loaded. Nothing is ever unpickled. Training state (optimizer, schedule, RNG, data cursor) is
 the trainer's business and sits beside these files.
+
+A folder written by transformers' ``save_pretrained`` (``plasticlm export-hf``, :mod:`plasticlm.hf_folder`)
+loads too: it has no manifest, so its config, tensors and tokenizer are checked from the files.
 """
 from __future__ import annotations
 
@@ -35,8 +38,8 @@ from typing import Any
 
 import torch
 
-from . import archs
-from .files import MANIFEST, DataError, atomic_write, verify_manifest, write_manifest
+from . import archs, hf_folder
+from .files import MANIFEST, DataError, atomic_write, read_json, verify_manifest, write_manifest
 from .tokenizer import Tokenizer, load_tokenizer
 
 FORMAT = "plasticlm.model/1"
@@ -135,6 +138,8 @@ def read_checkpoint(directory: str | os.PathLike, device: str | torch.device = "
     and what is wrong with it; FileNotFoundError when ``directory`` holds no checkpoint at all.
     """
     d = Path(directory)
+    if manifest is None and hf_folder.is_hf_folder(d):  # written by save_pretrained: checked from its files
+        return _read_hf_folder(d, device)
     if manifest is None:
         manifest = verify_manifest(d, [TOKENIZER]) if os.path.lexists(d / MANIFEST) else _no_manifest(d)
     names = manifest.get("weights", [WEIGHTS])  # training checkpoints written before the list hold one file
@@ -178,6 +183,37 @@ def read_checkpoint(directory: str | os.PathLike, device: str | torch.device = "
         raise DataError(f"{where}: the metadata says model_id {meta.get('model_id')!r}, the weights and config "
                         f"loaded give {mid}: the file was altered after it was written")
     return Checkpoint(arch, config, tensors, tokenizer, meta, mid)
+
+
+def _read_hf_folder(d: Path, device) -> Checkpoint:
+    """A folder written by ``save_pretrained`` (:mod:`plasticlm.hf_folder`), verified from its own files:
+    there is no manifest, so config, tensors and tokenizer are each checked as read_checkpoint does."""
+    config, _ = hf_folder.split_config(read_json(d / hf_folder.CONFIG, within=d), str(d / hf_folder.CONFIG))
+    names, tensors = hf_folder.weight_files(d), {}
+    for name in names:
+        for key, t in _read_weights(d / name, device)[1].items():
+            if not key.startswith(hf_folder.PREFIX):
+                raise DataError(f"{d / name}: tensor {key!r} is not a PlasticLMForCausalLM's (names start "
+                                f"{hf_folder.PREFIX!r})")
+            tensors[key[len(hf_folder.PREFIX):]] = t
+    where = str(d / names[0])
+    try:
+        expected = archs.meta_state_dict(hf_folder.MODEL_TYPE, config, max_blocks=len(tensors))
+    except ValueError as e:
+        raise DataError(f"{d / hf_folder.CONFIG}: {e}") from None
+    floats = {t.dtype for t in tensors.values() if t.is_floating_point()}
+    dtype = next((k for k, v in DTYPES.items() if {v} == floats), None)
+    if dtype is None:  # save_pretrained writes one dtype; mixed or float16 tensors are not an export's
+        raise DataError(f"{where}: tensors of dtypes {sorted(map(str, floats))}: expected all float32 or all bfloat16")
+    check_tensors(tensors, {k: v.to(DTYPES[dtype]) if v.is_floating_point() else v for k, v in expected.items()}, where)
+    tokenizer = hf_folder.load_hf_tokenizer(d / hf_folder.TOKENIZER, within=d)
+    if tokenizer.vocab_size != config.vocab_size:
+        raise DataError(f"{d / hf_folder.TOKENIZER}: {tokenizer.vocab_size} tokens, but {d / hf_folder.CONFIG} says "
+                        f"vocab_size={config.vocab_size}")
+    mid = model_id(config, tensors)
+    meta = {"format": "transformers", "arch": hf_folder.MODEL_TYPE, "config": json.dumps(config.to_dict()),
+            "model_id": mid, "vocab_size": str(config.vocab_size), "dtype": dtype}
+    return Checkpoint(hf_folder.MODEL_TYPE, config, tensors, tokenizer, meta, mid)
 
 
 STEP_DIR = re.compile(r"^step_(\d{8})$")

@@ -15,6 +15,7 @@ COMMANDS = [
     "plasticlm.commands.read",
     "plasticlm.commands.generate",
     "plasticlm.commands.eval",
+    "plasticlm.commands.export_hf",
     "plasticlm.commands.experiment",
     "plasticlm.commands.aunn",
     "plasticlm.commands.bench",

@@ -9,11 +9,15 @@ Needs ``pip install 'plasticlm[lmeval]'``; imported lazily, so plasticlm works w
 Importing this module also registers the model name ``plasticlm`` with the harness
 (``--model plasticlm --model_args checkpoint=DIR,device=cuda`` once this module is imported).
 
-The three request types, each read from a fresh state, the text prefixed by [BOS]:
-``loglikelihood`` (context, continuation) -> (sum log p of the continuation, all greedy);
-``loglikelihood_rolling`` (text,) -> sum log p of all its tokens, the whole text streamed once
-through the recurrent state (no windows: every token sees the full context);
-``generate_until`` (context, {until, max_gen_toks}) -> greedy text cut before the first stop string.
+The three request types, each read from a fresh state, tokenized as the harness's own ``hf``
+model does for a tokenizer that adds no [BOS] (so both give the same numbers on a folder written
+by ``plasticlm export-hf``): ``loglikelihood`` (context, continuation) -> (sum log p of the
+continuation, all greedy), the context's trailing spaces moved to the continuation, and [BOS]
+as the context only when it is empty; ``loglikelihood_rolling`` (text,) -> sum log p of all its
+tokens after [BOS], the whole text streamed once through the recurrent state (no windows: every
+token sees the full context);
+``generate_until`` (context, {until, max_gen_toks}) -> greedy text cut before the first stop string,
+read after [BOS] only when the context is empty (as loglikelihood).
 The request functions take anything with ``.args``, so they are tested without the harness.
 """
 from __future__ import annotations
@@ -31,6 +35,9 @@ def loglikelihood(lm: LM, tok, requests) -> list[tuple[float, bool]]:
     bos, out = special(tok, "[BOS]"), []
     for r in requests:
         context, continuation = r.args[0], r.args[1]
+        spaces = len(context) - len(context.rstrip())
+        if spaces and context.strip():  # the harness's _encode_pair: a word's space belongs to the word
+            context, continuation = context[:-spaces], context[-spaces:] + continuation
         whole, ctx = tok.encode(context + continuation), tok.encode(context)
         # Tokenize jointly and split, as the harness's own models do, so a word boundary is not
         # tokenized differently from how the text would run on.
@@ -40,7 +47,7 @@ def loglikelihood(lm: LM, tok, requests) -> list[tuple[float, bool]]:
         if not cont:
             out.append((0.0, True))
             continue
-        ll, greedy, _, _ = score_continuation(lm, lm.init_state(1), [bos] + list(ctx), cont)
+        ll, greedy, _, _ = score_continuation(lm, lm.init_state(1), list(ctx) or [bos], cont)
         out.append((ll, greedy))
     return out
 
@@ -66,7 +73,7 @@ def generate_until(lm: LM, tok, requests, max_gen_toks: int = 256) -> list[str]:
         until = [until] if isinstance(until, str) else list(until)
         limit = int(kwargs.get("max_gen_toks", max_gen_toks))
         state = lm.init_state(1)
-        logp, state = lm.score(torch.tensor([[bos] + list(tok.encode(context))], dtype=torch.long), state)
+        logp, state = lm.score(torch.tensor([list(tok.encode(context)) or [bos]], dtype=torch.long), state)
         new: list[int] = []
         text = ""
         for _ in range(limit):
@@ -117,7 +124,8 @@ def _harness_class():
             return generate_until(self.lm, self.tok, requests, self.max_gen_toks)
 
     try:
-        from lm_eval.api.registry import register_model
+        import lm_eval.models  # noqa: F401  (the harness fills its registry lazily, only while it is empty:
+        from lm_eval.api.registry import register_model  # registering first would hide its own hf model)
 
         register_model("plasticlm")(PlasticHarnessLM)
     except (ImportError, ValueError, AssertionError):
