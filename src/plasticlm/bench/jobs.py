@@ -88,7 +88,9 @@ def train_job(job: dict, device: torch.device) -> dict:
     spec = TRAIN_VARIANTS[job["variant"]]
     B, T = job["B"], job["T"]
     torch.manual_seed(0)
-    model = bench_model(spec["model"], job["model"], spec.get("reversible"), job.get("baseline")).to(device)
+    baseline = dict(job.get("baseline") or {})
+    baseline[spec["model"]] = {**baseline.get(spec["model"], {}), **spec.get("baseline", {})}
+    model = bench_model(spec["model"], job["model"], spec.get("reversible"), baseline).to(device)
     if spec["model"] == "plasticlm":  # reversible coupling: activations stored unless asked or they do not fit
         L = min(T, max(1, job["segment_tokens"] // B))
         model.reconstruct = spec["trainer"] == "segment" and spec.get("reconstruct", not activations_fit(model, B, L)[0])

@@ -22,6 +22,8 @@ TRAIN_VARIANTS = {
     "plasticlm-plain/full": dict(model="plasticlm", reversible=False, trainer="full"),
     "transformer/full": dict(model="transformer", trainer="full"),
     "gla/full": dict(model="gla", trainer="full"),
+    # GLA with the short convolution plasticlm has by default (Zoology's GLA): the like-for-like speed.
+    "gla-conv/full": dict(model="gla", trainer="full", baseline={"short_conv": 4}),
     "mamba2/full": dict(model="mamba2", trainer="full"),
 }
 INFER_MODELS = ("plasticlm", "transformer", "gla", "mamba2")

@@ -69,7 +69,8 @@ def ratios(by: dict, Ts: list[int]) -> list[str]:
     pairs = [("plasticlm-rev/segment", "plasticlm-rev/full"), ("plasticlm-plain/segment", "plasticlm-plain/full"),
              ("plasticlm-rev/segment", "transformer/full"), ("plasticlm-rev/segment", "gla/full"),
              ("plasticlm-rev/segment", "mamba2/full"), ("plasticlm-rev/segment-host", "plasticlm-rev/segment"),
-             ("plasticlm-rev/segment-rebuild", "plasticlm-rev/full"), ("plasticlm-plain/full", "gla/full")]
+             ("plasticlm-rev/segment-rebuild", "plasticlm-rev/full"), ("plasticlm-plain/full", "gla/full"),
+             ("plasticlm-plain/full", "gla-conv/full")]
     lines = []
     for a, b in pairs:
         cells = []
