@@ -90,15 +90,15 @@ class Config:
 
 
 def plan(cfg: Config) -> list[Run]:
-    """The warm starts, then gap by gap (shortest first, every seed): a partial result already has
-    seeds at the gaps it reached, and the longest gap, which costs most, comes last."""
+    """Memory by memory (the design's first), each its warm starts then gap by gap, shortest first,
+    every seed: a partial result already has the first memory's figure, with seeds, at the gaps it
+    reached (a warm start of decay alone takes as long as all of the gated average's short gaps)."""
     runs = []
-    for s in cfg.seeds:
-        for m in cfg.memories:
-            runs.append(Run(f"{m}/warm/seed{s}", {"memory": m, "arm": "warm", "gap": cfg.warm_gap, "seed": s}))
-    for g in sorted(cfg.gaps):
+    for m in cfg.memories:
         for s in cfg.seeds:
-            for m in cfg.memories:
+            runs.append(Run(f"{m}/warm/seed{s}", {"memory": m, "arm": "warm", "gap": cfg.warm_gap, "seed": s}))
+        for g in sorted(cfg.gaps):
+            for s in cfg.seeds:
                 for arm in cfg.arms:
                     runs.append(Run(f"{m}/{arm}/gap{g}/seed{s}", {"memory": m, "arm": arm, "gap": g, "seed": s},
                                     needs=[f"{m}/warm/seed{s}"]))
