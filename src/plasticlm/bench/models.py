@@ -80,6 +80,24 @@ def train_flops_per_token(model, T: int) -> float:
 PEAK_TFLOPS = {"H200": 790.0, "H100": 790.0, "A100": 312.0, "L4": 121.0}
 
 
+def matmul_peak_tflops(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 1024,
+                       seconds: float = 1.0) -> float:
+    """The device's measured dense matmul rate (best of repeated n x n products): the CPU's peak
+    for model FLOP/s utilisation, where no datasheet figure applies. On shared cores it is the
+    share this process gets, which is also what the jobs get."""
+    import time
+
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    best, t_end = float("inf"), time.perf_counter() + seconds
+    while time.perf_counter() < t_end or best == float("inf"):
+        t = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best / 1e12
+
+
 def peak_tflops(device: torch.device) -> float | None:
     if device.type != "cuda":
         return None

@@ -138,6 +138,7 @@ def markdown(data: dict) -> str:
              f"- command: `{m['command']}`",
              f"- model: PlasticLM {cfg['model']}; baselines sized to its parameter count",
              "- memory: " + ("torch.cuda.max_memory_allocated" if "cuda" in m else m.get("memory_note", "")),
+             *([f"- MFU: {m['peak_tflops_note']}"] if m.get("peak_tflops_note") else []),
              *([f"- machine load average at start: {m['load_average']:.1f} (other processes share the CPU)"]
                if m.get("load_average") is not None else []), ""]
     lines += paths_table(rows) + train_tables(rows) + infer_table(rows)

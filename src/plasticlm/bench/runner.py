@@ -215,6 +215,12 @@ def run(cfg: BenchConfig, command: str = "", progress: bool = True) -> Path:
     done = {r["key"] for r in rows if "error" not in r or r.get("oom")}
     rows = [r for r in rows if r["key"] in done]
     meta["resumed_rows"] = len(rows)  # rows of an earlier run; each row carries its own date and commit
+    if device.type == "cpu" and not cfg.peak_tflops:
+        from .models import matmul_peak_tflops
+
+        cfg = dataclasses.replace(cfg, peak_tflops=round(matmul_peak_tflops(device), 4))
+        meta["peak_tflops_note"] = (f"MFU against the measured fp32 matmul rate of this process, "
+                                    f"{cfg.peak_tflops} TFLOP/s (1024 x 1024 products, {torch.get_num_threads()} threads)")
     jobs = [j for j in plan(cfg, device) if j["key"] not in done]
     profiles = [p.split("@") for p in cfg.profile] if "train" in cfg.suites else []
     for variant, T in profiles:
