@@ -311,3 +311,19 @@ def test_plasticlm_eval_reads_the_folder_as_the_checkpoint(exported, tmp_path):
     a, b = (results[n]["suites"]["perplexity"]["results"] for n in ("ckpt", "hf"))
     assert a == b and a["n_tokens"] > 0
     assert results["ckpt"]["checkpoint"]["model_id"] == results["hf"]["checkpoint"]["model_id"] == exported[3]
+
+
+def test_the_hf_config_has_every_model_config_field_and_carries_the_mutable_table(tmp_path):
+    """A field added to ModelConfig must reach config.json, or an exported model would not load."""
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    assert fields <= set(vars(phf.PlasticLMConfig)), sorted(fields - set(vars(phf.PlasticLMConfig)))
+    model = tiny(embeddings="mutable", mutable_slots=64)
+    save_model(tmp_path / "ckpt", model, ByteTokenizer())
+    assert main(["export-hf", str(tmp_path / "ckpt"), str(tmp_path / "hf")]) == 0
+    hf_model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    x = ids_of("The module returns the value")
+    assert torch.equal(hf_model(x).logits, model(x)[0])
+    state = hf_model(x).past_key_values.state
+    assert sorted(state.embed) == ["context", "log_gate_prod", "table"]

@@ -58,6 +58,9 @@ class PlasticLMConfig(PreTrainedConfig):
     short_conv: int = ModelConfig.short_conv
     qk_norm: bool = ModelConfig.qk_norm
     bias_correction: bool | None = ModelConfig.bias_correction
+    embeddings: str = ModelConfig.embeddings
+    mutable_slots: int = ModelConfig.mutable_slots
+    mutable_context: int = ModelConfig.mutable_context
     norm_eps: float = ModelConfig.norm_eps
     init_std: float = ModelConfig.init_std
     chunk_size: int = ModelConfig.chunk_size
