@@ -57,7 +57,7 @@ class Config:
     segment_len: int = 256
     eval_sequences: int = 8
     """Held-out sequences scored per measure."""
-    fractions: str = "train=0.5,valid=0.05,test=0.05,holdout=0.4"
+    fractions: dict = field(default_factory=lambda: {"train": 0.5, "valid": 0.05, "test": 0.05, "holdout": 0.4})
     """Split of the builtin corpus's paragraphs (the shuffled task trains on holdout)."""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
 
@@ -82,7 +82,6 @@ def corpus_dir(work: Path) -> Path:
 
 def prepared_corpus(cfg: Config, work: Path) -> Path:
     """The byte-tokenized builtin corpus, prepared once (the same text and splits for every run)."""
-    from ..commands.prepare import parse_fractions
     from ..data.builtin import builtin_corpus
     from ..data.shards import prepare
     from ..files import atomic_write
@@ -96,7 +95,7 @@ def prepared_corpus(cfg: Config, work: Path) -> Path:
     atomic_write(src / "builtin.txt", lambda tmp: Path(tmp).write_text(builtin_corpus(), encoding="utf-8"))
     ByteTokenizer().save(src / "tokenizer.json")
     prepare(str(src / "builtin.txt"), out, tokenizer=str(src / "tokenizer.json"), unit="paragraph",
-            fractions=parse_fractions(cfg.fractions), progress=False)
+            fractions=dict(cfg.fractions), progress=False)
     return out
 
 

@@ -98,6 +98,10 @@ class Trainer:
                           f"checkpoint.init_from={cfg.checkpoint.init_from}")
             model.load_state_dict(weights)
         self.model = model.to(self.device)
+        bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda")
+        self.autocast = (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+        self.reconstruct_note = ""
+        self._choose_reconstruct()  # a probe forward of the plain model: before compiling and sharding it
         if cfg.compile:
             for block in getattr(model, "blocks", []):
                 for m in block.children():
@@ -109,10 +113,6 @@ class Trainer:
                                      betas=(cfg.optim.beta1, cfg.optim.beta2), fused=self.device.type == "cuda")
         self.stream = build_stream(cfg.data, split="train", rank=self.dist.rank, world_size=self.dist.world_size,
                                    seed=cfg.seed)
-        bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda")
-        self.autocast = (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
-        self.reconstruct_note = ""
-        self._choose_reconstruct()
         self.out = Path(cfg.out_dir)
         self.ckpt_root = self.out / "checkpoints"
         horizon = cfg.loss.proxy_horizon or cfg.data.seq_len
