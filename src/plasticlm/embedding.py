@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from .ops.conv import causal_depthwise_conv
 
-HASH = 2654435761  # Knuth's multiplicative constant, prime: a bijection on ids < m for any m
+HASH = 2654435761  # Knuth's multiplicative constant, a prime: ids < m map one to one for any smaller m
 
 
 def slots_of(tokens: torch.Tensor, m: int) -> torch.Tensor:
@@ -98,6 +98,9 @@ class MutableEmbedding(nn.Module):
 
     State parts (model-level, not per layer): 'table' (B, m, d), 'log_gate_prod' (B, m), and
     'context' (B, w - 1, d), the last base embeddings the convolution needs across calls.
+    Each chunk of C tokens produces a new (B, m, d) table, which autograd keeps: a segment of L
+    tokens holds L / C of them, so m wants to stay in the thousands for wide models (the default,
+    one slot per id, suits byte and small vocabularies).
     """
 
     def __init__(self, d_model: int, slots: int, context: int, chunk_size: int):
