@@ -24,6 +24,9 @@ TRAIN_VARIANTS = {
     "gla/full": dict(model="gla", trainer="full"),
     # GLA with the short convolution plasticlm has by default (Zoology's GLA): the like-for-like speed.
     "gla-conv/full": dict(model="gla", trainer="full", baseline={"short_conv": 4}),
+    # fla's GLA keys are half the width (expand_k 0.5): this one holds plasticlm's state (expand_k 1),
+    # with the convolution: the same recurrence work per token.
+    "gla-equal-state/full": dict(model="gla", trainer="full", baseline={"short_conv": 4, "expand_k": 1.0}),
     "mamba2/full": dict(model="mamba2", trainer="full"),
 }
 INFER_MODELS = ("plasticlm", "transformer", "gla", "mamba2")

@@ -70,7 +70,7 @@ def ratios(by: dict, Ts: list[int]) -> list[str]:
              ("plasticlm-rev/segment", "transformer/full"), ("plasticlm-rev/segment", "gla/full"),
              ("plasticlm-rev/segment", "mamba2/full"), ("plasticlm-rev/segment-host", "plasticlm-rev/segment"),
              ("plasticlm-rev/segment-rebuild", "plasticlm-rev/full"), ("plasticlm-plain/full", "gla/full"),
-             ("plasticlm-plain/full", "gla-conv/full")]
+             ("plasticlm-plain/full", "gla-conv/full"), ("plasticlm-plain/full", "gla-equal-state/full")]
     lines = []
     for a, b in pairs:
         cells = []
