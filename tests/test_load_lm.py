@@ -47,3 +47,24 @@ def test_eval_cli_runs_on_baselines(checkpoints, tmp_path, kind):
     res = json.loads((out / "results.json").read_text())
     assert res["checkpoint"]["arch"] == kind
     assert res["suites"]["perplexity"]["results"]["bits_per_byte"] > 0
+
+
+def test_a_checkpoint_written_before_a_later_field_keeps_its_identity():
+    """ModelConfig.ADDED_LATER fields at their defaults are not hashed: the id is the one a
+    checkpoint written before they existed carries (its config had no such keys)."""
+    import hashlib
+    import json
+
+    from plasticlm import ModelConfig, PlasticLM
+    from plasticlm.checkpoint import model_id
+
+    cfg = ModelConfig(vocab_size=37, d_model=16, n_layers=1, n_heads=2)
+    tensors = PlasticLM(cfg).state_dict()
+    before = {k: v for k, v in cfg.to_dict().items() if k not in ModelConfig.ADDED_LATER}
+    h = hashlib.sha256(json.dumps(before, sort_keys=True).encode())
+    for name in sorted(tensors):
+        h.update(name.encode())
+        h.update(tensors[name].contiguous().view(torch.uint8).numpy().tobytes())
+    assert model_id(cfg, tensors) == h.hexdigest()[:16]
+    mutable = ModelConfig(vocab_size=37, d_model=16, n_layers=1, n_heads=2, embeddings="mutable")
+    assert model_id(mutable, PlasticLM(mutable).state_dict()) != model_id(cfg, tensors)

@@ -28,6 +28,7 @@ loads too: it has no manifest, so its config, tensors and tokenizer are checked 
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -48,7 +49,13 @@ TOKENIZER = "tokenizer.json"
 
 
 def model_id(config, tensors: dict[str, torch.Tensor]) -> str:
-    h = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode())
+    """The identity of config and weights. A field its config class lists in ``ADDED_LATER`` is
+    left out at its default (that default is the model as it was before the field existed), so
+    checkpoints written before it keep their identity."""
+    later = getattr(type(config), "ADDED_LATER", ())
+    defaults = {f.name: f.default for f in dataclasses.fields(config)} if later else {}
+    fields = {k: v for k, v in config.to_dict().items() if not (k in later and v == defaults[k])}
+    h = hashlib.sha256(json.dumps(fields, sort_keys=True).encode())
     for name in sorted(tensors):
         h.update(name.encode())
         h.update(tensors[name].detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,6 +72,10 @@ class ModelConfig:
     mode: str = "auto"
     """Memory execution path: 'auto' (fla kernel on CUDA when installed, else chunk), 'chunk',
     'naive', 'kernel'."""
+
+    ADDED_LATER: typing.ClassVar[tuple[str, ...]] = ("embeddings", "mutable_slots", "mutable_context")
+    """Fields whose default is the model as it was before they existed: at that default they are
+    not part of a checkpoint's model_id, so checkpoints written before them still verify."""
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "chunk_size"):
