@@ -89,20 +89,14 @@ def segment_backward(model, tokens, targets, segment_len: int, weights=None, sta
     def keep(i):
         return reverse_every == 0 or i % reverse_every == 0 or i == last
 
-    def stash(S: State) -> State:
-        if storage == "device":
-            return S
-        pin = device.type == "cuda"
-        return S.map(lambda s: s.to("cpu", non_blocking=pin).pin_memory() if pin else s.clone())
-
     # Forward sweep: no graph, only boundary states. The last segment is not run here: the
     # backward sweep runs it first, with its graph, and its output is the final state.
-    boundary: list[State | None] = [None] * len(bounds)
+    boundary = _Boundaries(start, sum(keep(i) for i in range(len(bounds))), storage, device)
     with torch.no_grad():
         S = start.detach()
         for i, (a, b) in enumerate(bounds):
             if keep(i):
-                boundary[i] = stash(S)
+                boundary.put(i, S)
             if i < last:
                 _, S = model.hidden(tokens[:, a:b], S, check=False)
 
@@ -112,9 +106,8 @@ def segment_backward(model, tokens, targets, segment_len: int, weights=None, sta
     S_end = final = None
     for i in reversed(range(len(bounds))):
         a, b = bounds[i]
-        if boundary[i] is not None:
-            S_in = boundary[i].to(device, non_blocking=True)
-            boundary[i] = None
+        if i in boundary:
+            S_in = boundary.take(i, device)
         else:
             S_in = model.rewind(tokens[:, a:b], S_end)
         need = i > 0 or init_grad
@@ -140,6 +133,35 @@ def segment_backward(model, tokens, targets, segment_len: int, weights=None, sta
             if s.requires_grad:
                 s.grad = g if s.grad is None else s.grad + g
     return (loss, final.detach()) if return_state else loss
+
+
+class _Boundaries:
+    """The kept boundary states, each part of them in one preallocated (n, ...) buffer.
+
+    A few large allocations instead of one small tensor per boundary: on CPU, small long-lived
+    tensors between each segment's temporaries fragment the heap, and the first step's peak
+    memory grew with T (memory_flat measured 1.3 GiB above baseline at T = 64k against 0.3 at 4k).
+    With ``storage="host"`` the buffers are in CPU memory, pinned when the model is on CUDA.
+    """
+
+    def __init__(self, like: State, n: int, storage: str, device: torch.device):
+        where = torch.device("cpu") if storage == "host" else device
+        pin = storage == "host" and device.type == "cuda"
+        self.like, self.slots = like, {}
+        self.buffers = [torch.empty((n, *t.shape), dtype=t.dtype, device=where, pin_memory=pin)
+                        for t in like.tensors()]
+
+    def put(self, i: int, S: State) -> None:
+        k = self.slots[i] = len(self.slots)
+        for buf, t in zip(self.buffers, S.tensors()):
+            buf[k].copy_(t, non_blocking=True)
+
+    def __contains__(self, i: int) -> bool:
+        return i in self.slots
+
+    def take(self, i: int, device: torch.device) -> State:
+        k = self.slots[i]  # each slot is written once, in the forward sweep, and read once
+        return self.like.with_tensors([buf[k].to(device, non_blocking=True) for buf in self.buffers])
 
 
 def segment_activation_bytes(model, batch_size: int, segment_len: int, probe_len: int = 128) -> int:
