@@ -99,8 +99,9 @@ def _write(out: Path, doc: dict, mod, cfg) -> None:
     except ImportError as e:  # plots need matplotlib; tables are written anyway
         body = mod.report(cfg, records, None) + f"\n(plots skipped: {e})\n"
     p = doc["provenance"]
+    machine = records[-1]["device"] if records else p["device"]  # as the runs saw it (their thread count)
     head = [f"# Experiment `{doc['experiment']}`", "", doc["question"], "",
-            f"Command: `{p['command']}`  ", f"Machine: {p['device']}; torch {p['torch']}; commit {p['commit']}; "
+            f"Command: `{p['command']}`  ", f"Machine: {machine}; torch {p['torch']}; commit {p['commit']}; "
             f"last run {p['date']}.  ", f"Runs: {len(records)} of {doc['planned_runs']} done.", ""]
     atomic_write(out / "results.md", lambda f: Path(f).write_text("\n".join(head) + "\n" + body))
 
