@@ -58,7 +58,8 @@ class Config:
     the others are ModelConfig's defaults of the commit (every record keeps its full config)."""
     ablations: list[str] = field(default_factory=lambda: list(ABLATIONS))
     ablation_d_model: int = 64
-    """Width of the ablation (the smaller one: a third of the cost; the pilot at 128 agreed)."""
+    """Width of the ablation (the smaller one: a third of the cost). `ablation_d_model=128` runs it
+    at the models' width, as experiments/results/mqar-ablation did."""
     seeds: list[int] = field(default_factory=lambda: [0])
 
     @classmethod
