@@ -164,31 +164,38 @@ class _Boundaries:
         return self.like.with_tensors([buf[k].to(device, non_blocking=True) for buf in self.buffers])
 
 
-def segment_activation_bytes(model, batch_size: int, segment_len: int, probe_len: int = 128) -> int:
+def segment_activation_bytes(model, batch_size: int, segment_len: int, probe_len: int = 64) -> int:
     """Bytes autograd saves for one segment of ``batch_size`` x ``segment_len`` tokens when the
-    reversible blocks store their activations (``reconstruct`` off): measured on a probe segment
-    of ``probe_len`` tokens (every saved tensor counted once, the weights not) and scaled to L."""
-    probe = min(segment_len, probe_len)
-    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    seen, total = set(), 0
+    reversible blocks store their activations (``reconstruct`` off). Measured on probe segments of
+    ``probe_len`` and twice as many tokens (every saved tensor counted once, the weights not) and
+    extrapolated linearly to L: what does not grow with the tokens (autocast's copies of the
+    weights) is counted once, not L / probe times."""
 
-    def pack(t):
-        nonlocal total
-        key = t.untyped_storage().data_ptr()
-        if key not in weights and key not in seen:
-            seen.add(key)
-            total += t.untyped_storage().nbytes()
-        return t
+    def saved_bytes(n: int) -> int:
+        weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        seen, total = set(), 0
+
+        def pack(t):
+            nonlocal total
+            key = t.untyped_storage().data_ptr()
+            if key not in weights and key not in seen:
+                seen.add(key)
+                total += t.untyped_storage().nbytes()
+            return t
+
+        tokens = torch.zeros(batch_size, n, dtype=torch.long, device=model.embed.weight.device)
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(tokens, check=False)
+        return total
 
     was = model.reconstruct
     model.reconstruct = False
     try:
-        tokens = torch.zeros(batch_size, probe, dtype=torch.long, device=model.embed.weight.device)
-        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            model(tokens, check=False)
+        one, two = saved_bytes(probe_len), saved_bytes(2 * probe_len)
     finally:
         model.reconstruct = was
-    return total * segment_len // probe
+    per_token = max(0, two - one) / probe_len
+    return int(one - per_token * probe_len + per_token * segment_len)
 
 
 def activations_fit(model, batch_size: int, segment_len: int) -> tuple[bool, int, int]:
