@@ -230,13 +230,19 @@ def plots(cfg: Config, by: dict, out: Path) -> list[str]:
     fig.savefig(out / "accuracy_vs_gap.png", dpi=110)
     plt.close(fig)
     fig, axes = plt.subplots(1, len(cfg.gaps), figsize=(4.2 * len(cfg.gaps), 3.6), squeeze=False)
+    colors = {(m, arm): f"C{2 * i + j}" for i, m in enumerate(cfg.memories) for j, arm in enumerate(("exact", "window"))}
+    markers = "os^dv"
     for ax, g in zip(axes[0], cfg.gaps):
         for m in cfg.memories:
             for arm, style in (("exact", "-"), ("window", "--")):
                 for r in by.get((m, arm, g), []):
-                    c = r["curve"]
-                    ax.plot([q["update"] for q in c], [q["accuracy"] for q in c], style, lw=1,
-                            label=f"{m}, {arm}" if r["params"]["seed"] == cfg.seeds[0] else None)
+                    c, seed = r["curve"], r["params"]["seed"]
+                    # update 0 is the warm start read at this gap, before either arm trains on it
+                    ax.plot([0] + [q["update"] for q in c], [r["accuracy_before"]] + [q["accuracy"] for q in c],
+                            style, lw=1, color=colors[(m, arm)], marker=markers[cfg.seeds.index(seed) % len(markers)],
+                            ms=3, label=f"{m}, {arm}, seed {seed}")
+        if not any((m, arm, g) in by for m in cfg.memories for arm in ("exact", "window")):
+            ax.text(0.5, 0.5, "not run yet", ha="center", va="center", transform=ax.transAxes, color="gray")
         ax.set(xlabel="optimizer update", ylabel="test accuracy", title=f"gap {g}", ylim=(-0.02, 1.02))
         ax.grid(alpha=0.3)
     legend(axes[0][0], fontsize=6)
