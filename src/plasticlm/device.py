@@ -1,6 +1,8 @@
 """Choosing the device a command runs on, from what a user typed."""
 from __future__ import annotations
 
+import os
+
 import torch
 
 
@@ -28,3 +30,10 @@ def pick_device(name: str, local_rank: int = 0, select: bool = True) -> torch.de
         if select:
             torch.cuda.set_device(dev)
     return dev
+
+
+def free_bytes(device: torch.device) -> int:
+    """Memory free for new tensors: the CUDA device's free memory, or the machine's available RAM."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")

@@ -91,8 +91,8 @@ def train_job(job: dict, device: torch.device) -> dict:
     baseline = dict(job.get("baseline") or {})
     baseline[spec["model"]] = {**baseline.get(spec["model"], {}), **spec.get("baseline", {})}
     model = bench_model(spec["model"], job["model"], spec.get("reversible"), baseline).to(device)
+    L = min(T, max(1, job["segment_tokens"] // B))
     if spec["model"] == "plasticlm":  # reversible coupling: activations stored unless asked or they do not fit
-        L = min(T, max(1, job["segment_tokens"] // B))
         model.reconstruct = spec["trainer"] == "segment" and spec.get("reconstruct", not activations_fit(model, B, L)[0])
     if job.get("compile"):
         compile_submodules(model)
@@ -101,7 +101,6 @@ def train_job(job: dict, device: torch.device) -> dict:
     V = model.config.vocab_size
     x = torch.randint(0, V, (B, T), generator=gen).to(device)
     y = torch.randint(0, V, (B, T), generator=gen).to(device)
-    L = min(T, max(1, job["segment_tokens"] // B))
     fused = job["loss"] == "chunked"
 
     def step():

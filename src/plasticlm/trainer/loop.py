@@ -26,7 +26,7 @@ import torch
 from .. import archs
 from ..checkpoint import WEIGHTS, check_tensors, read_checkpoint, save_weights
 from ..data.batch import Batch
-from ..device import pick_device
+from ..device import free_bytes, pick_device
 from ..files import DataError, read_json
 from ..state import State
 from . import run_state as ck
@@ -188,7 +188,7 @@ class Trainer:
             return "device" if self.cfg.storage == "auto" else self.cfg.storage
         per_boundary = sum(s.numel() * s.element_size() for s in self.model.init_state(B).tensors())
         need = per_boundary * -(-T // self.cfg.segment_len)
-        return "host" if need > torch.cuda.mem_get_info(self.device)[0] / 4 else "device"
+        return "host" if need > free_bytes(self.device) / 4 else "device"
 
     def train_step(self, batch: Batch) -> dict:
         cfg, model = self.cfg, self.model

@@ -202,12 +202,8 @@ def activations_fit(model, batch_size: int, segment_len: int) -> tuple[bool, int
     """(fit, need, budget): whether one segment's stored activations (:func:`segment_activation_bytes`)
     take at most a quarter of the free memory of the model's device (CUDA: free device memory;
     CPU: available RAM)."""
-    import os
+    from ..device import free_bytes
 
-    device = model.embed.weight.device
     need = segment_activation_bytes(model, batch_size, segment_len)
-    if device.type == "cuda":
-        free = torch.cuda.mem_get_info(device)[0]
-    else:
-        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    return need <= free // 4, need, free // 4
+    budget = free_bytes(model.embed.weight.device) // 4
+    return need <= budget, need, budget
