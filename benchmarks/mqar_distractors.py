@@ -8,18 +8,14 @@ from __future__ import annotations
 
 import argparse
 
-from plasticlm.data.recall import IGNORE, mqar
+from plasticlm.data.recall import IGNORE, distractors, mqar
 from plasticlm.eval.mqar import Config
 
 
-def distractor_share(n: int, seq_len: int, pairs: int, vocab: int, power_a: float, seed: int) -> float:
-    x, y = mqar(n, seq_len, pairs, vocab, power_a, seed)
-    queries = hit = 0
-    for row_x, row_y in zip(x.tolist(), y.tolist()):
-        for q in (i for i, t in enumerate(row_y) if t != IGNORE):
-            queries += 1
-            hit += any(row_x[p] == row_x[q] and row_x[p + 1] >= vocab // 2 for p in range(2 * pairs, q))
-    return hit / queries
+def distractor_share(n: int, seq_len: int, pairs: int, vocab: int, power_a: float, seed: int,
+                     noise: str = "vocab") -> float:
+    x, y = mqar(n, seq_len, pairs, vocab, power_a, seed, noise)
+    return float(distractors(x, y, pairs, vocab).sum() / (y != IGNORE).sum())
 
 
 def main() -> None:
@@ -28,9 +24,11 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=20000, help="sequences per number of pairs")
     ap.add_argument("--seed", type=int, default=123)
     args = ap.parse_args()
-    for pairs in cfg.num_kv_pairs:
-        share = distractor_share(args.n, cfg.seq_len, pairs, cfg.vocab, cfg.power_a, args.seed)
-        print(f"T={cfg.seq_len}, {pairs} pairs, vocab {cfg.vocab}: {share:.4f} of queries have a distractor")
+    for noise in ("vocab", "not_keys"):
+        for pairs in cfg.num_kv_pairs:
+            share = distractor_share(args.n, cfg.seq_len, pairs, cfg.vocab, cfg.power_a, args.seed, noise)
+            print(f"T={cfg.seq_len}, {pairs} pairs, vocab {cfg.vocab}, noise {noise!r}: {share:.4f} of queries "
+                  "have a distractor")
 
 
 if __name__ == "__main__":

@@ -57,6 +57,24 @@ def test_results_of_another_config_are_never_mixed(tmp_path):
         run_experiment("mqar", quick=True, out=out, progress=False)
 
 
+def test_a_field_added_later_resumes_older_results_at_its_default(tmp_path):
+    """A results file written before a config field existed resumes when the field is at its default
+    (the behaviour of the code it was written with), and is refused when the field is set otherwise."""
+    out = tmp_path / "e"
+    out.mkdir()
+    old = dataclasses.asdict(make_config("mqar", True))
+    del old["protocol"]["noise"]
+    (out / "results.json").write_text(json.dumps({"config": old, "runs": {}}))
+    with pytest.raises(ValueError, match=r"fields \['protocol'\] differ"):
+        run_experiment("mqar", quick=True, out=out, progress=False, overrides=["protocol.noise=not_keys"])
+    run_experiment("mqar", quick=True, out=out, progress=False)
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["config"]["protocol"]["noise"] == "vocab" and len(doc["runs"]) == doc["planned_runs"]
+    first = next(iter(doc["runs"].values()))
+    assert set(first["by_query"]) == set(first["accuracy"])
+    assert set(first["by_query"]["2"]) == {"all", "clean", "distractor", "distractor_share"}
+
+
 def test_bad_names_and_settings_are_one_clear_line(capsys):
     assert main(["experiment", "nosuch", "--quick"]) == 2
     assert "unknown experiment 'nosuch'; known: mqar" in capsys.readouterr().err

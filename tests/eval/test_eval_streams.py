@@ -3,6 +3,7 @@ import re
 from collections import Counter
 
 import pytest
+import torch
 
 from plasticlm.data import recall
 from plasticlm.eval import listops, mqar, oneshot, probes
@@ -140,6 +141,30 @@ def test_mqar_follows_zoology_definition():
             assert pos >= 12
             k = int(x[row, pos])  # the query key sits at the labelled position; its value is the target
             assert int(y[row, pos]) == vals[keys.index(k)]
+
+
+def test_mqar_distractors_are_found_and_not_keys_noise_has_none():
+    """The vectorised distractor mask agrees with its definition read literally, Zoology's noise has
+    distractors at a small vocabulary, and 'not_keys' noise keeps the sequence but those fillers."""
+    x, y = recall.mqar(400, seq_len=64, pairs=4, vocab=64, power_a=0.01, seed=3)
+    mask = recall.distractors(x, y, 4, 64)
+    for row in range(len(x)):
+        r = x[row].tolist()
+        for q in (y[row] != -100).nonzero().flatten().tolist():
+            expect = any(r[p] == r[q] and r[p + 1] >= 32 for p in range(8, q))
+            assert bool(mask[row, q]) == expect
+    assert not mask[y == -100].any() and mask.any()
+    xk, yk = recall.mqar(400, seq_len=64, pairs=4, vocab=64, power_a=0.01, seed=3, noise="not_keys")
+    assert torch.equal(yk, y) and torch.equal(xk[:, :8], x[:, :8])
+    assert not recall.distractors(xk, yk, 4, 64).any()
+    same = ~(x[:, :, None] == x[:, None, 0:8:2]).any(-1)  # tokens that are not one of the row's keys are kept
+    assert torch.equal(xk[same], x[same])
+    for row in range(len(xk)):
+        keys = set(xk[row, 0:8:2].tolist())
+        queries = set((yk[row] != -100).nonzero().flatten().tolist())
+        assert all(int(t) not in keys for i, t in enumerate(xk[row].tolist()[8:], 8) if i not in queries)
+    with pytest.raises(ValueError, match="noise must be 'vocab' or 'not_keys'"):
+        recall.mqar(2, 64, 4, 64, 0.01, 0, noise="keys")
 
 
 def test_mqar_maps_into_non_control_token_ids(tok):

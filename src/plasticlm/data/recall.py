@@ -5,6 +5,10 @@
   vocabulary without id 0, values from the other half, no key repeated); each key is queried
   once later, at a gap drawn from a power law (``power_a``), and the target after each query is
   its value. Every other position holds a random token. Only the value positions are scored.
+  With Zoology's vocabulary of 8k a random token is almost never a key; with a small task
+  vocabulary it often is, and a key that reappears among the fillers followed by a value-range
+  token before its query is a *distractor* (:func:`distractors`): ``noise='not_keys'`` draws the
+  fillers without the row's keys, so every query has one answer.
 - **Gap recall**, for exact against truncated BPTT: ``pairs`` key-value pairs, then ``gap``
   random filler tokens (from a third range of the vocabulary, so they never look like keys),
   then every key once more in a random order, each followed by its value. Only the values after
@@ -27,8 +31,13 @@ from .batch import Batch
 IGNORE = -100  # target of an unscored position in the generators' output
 
 
-def mqar(n: int, seq_len: int, pairs: int, vocab: int, power_a: float, seed) -> tuple[torch.Tensor, torch.Tensor]:
-    """Zoology's generator in task ids: (inputs (n, T), targets (n, T) with IGNORE off the values)."""
+def mqar(n: int, seq_len: int, pairs: int, vocab: int, power_a: float, seed,
+         noise: str = "vocab") -> tuple[torch.Tensor, torch.Tensor]:
+    """Zoology's generator in task ids: (inputs (n, T), targets (n, T) with IGNORE off the values).
+    ``noise``: 'vocab' fills the free positions from the whole task vocabulary (Zoology's), 'not_keys'
+    from it less the row's keys (the draw is the same; only fillers that hit a key are drawn again)."""
+    if noise not in ("vocab", "not_keys"):
+        raise ValueError(f"mqar noise must be 'vocab' or 'not_keys', got {noise!r}")
     rng = np.random.default_rng(seed)
     context = 2 * pairs
     keys = np.stack([rng.choice(np.arange(1, vocab // 2), pairs, replace=False) for _ in range(n)])
@@ -45,9 +54,26 @@ def mqar(n: int, seq_len: int, pairs: int, vocab: int, power_a: float, seed) -> 
     labels = np.full((n, seq_len + 1), IGNORE, dtype=np.int64)
     np.put_along_axis(labels, gaps * 2 + context + 1, values, axis=1)
     x, y = torch.from_numpy(examples[:, :-1]), torch.from_numpy(labels[:, 1:])
-    noise = torch.from_numpy(rng.integers(0, vocab, x.shape))
-    return torch.where(x == 0, noise, x), y
+    fill = torch.from_numpy(rng.integers(0, vocab, x.shape))
+    if noise == "not_keys":
+        row_keys = torch.from_numpy(keys)
+        while (hit := (fill[:, :, None] == row_keys[:, None, :]).any(-1) & (x == 0)).any():
+            fill[hit] = torch.from_numpy(rng.integers(0, vocab, int(hit.sum())))
+    return torch.where(x == 0, fill, x), y
 
+
+def distractors(x: torch.Tensor, y: torch.Tensor, pairs: int, vocab: int) -> torch.Tensor:
+    """MQAR's scored positions (bool, like ``y``) whose query key appeared earlier among the fillers
+    followed by a value-range token: a pair that contradicts the key's own and that a model must
+    learn to ignore. ``x``, ``y`` in task ids, from :func:`mqar`."""
+    n, T = x.shape
+    pos = torch.arange(T)
+    follows_value = torch.zeros_like(x, dtype=torch.bool)
+    follows_value[:, :-1] = x[:, 1:] >= vocab // 2
+    # earlier[b, q, p]: position p (a filler, before q) holds q's token followed by a value-range token
+    earlier = ((x[:, None, :] == x[:, :, None]) & follows_value[:, None, :]
+               & (pos[None, :] < pos[:, None])[None] & (pos >= 2 * pairs)[None, None, :])
+    return earlier.any(-1) & (y != IGNORE)
 
 def gap_recall(n: int, pairs: int, gap: int, vocab: int, seed, fillers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(inputs (n, 4 pairs + gap - 1), targets with IGNORE off the recalled values). Keys, values
@@ -92,6 +118,9 @@ class RecallConfig:
     """Task vocabulary (first ids of the tokenizer, or ``ids``)."""
     power_a: float = 0.01
     """mqar: the power law of the query gaps (Zoology's default)."""
+    noise: str = "vocab"
+    """mqar: what fills the free positions: 'vocab' (Zoology's: any task token, so keys reappear as
+    distractors when the vocabulary is small) or 'not_keys' (any but the row's keys)."""
     gap: int = 256
     """gap_recall: filler tokens between the pairs and the queries."""
     fillers: int = 0
@@ -102,6 +131,8 @@ class RecallConfig:
     def __post_init__(self) -> None:
         if self.task not in ("mqar", "gap_recall"):
             raise ValueError(f"recall task must be 'mqar' or 'gap_recall', got {self.task!r}")
+        if self.noise not in ("vocab", "not_keys"):
+            raise ValueError(f"recall noise must be 'vocab' or 'not_keys', got {self.noise!r}")
         if not self.pairs or any(not isinstance(p, int) or p < 1 for p in self.pairs):
             raise ValueError(f"recall pairs must be a non-empty list of positive integers, got {self.pairs!r}")
         if self.ids is not None and len(self.ids) < self.vocab:
@@ -123,7 +154,7 @@ class RecallConfig:
     def sample(self, n: int, seq_len: int, pairs: int, seed) -> tuple[torch.Tensor, torch.Tensor]:
         """n sequences with ``pairs`` pairs, in token ids."""
         if self.task == "mqar":
-            x, y = mqar(n, seq_len, pairs, self.vocab, self.power_a, seed)
+            x, y = mqar(n, seq_len, pairs, self.vocab, self.power_a, seed, self.noise)
         else:
             x, y = gap_recall(n, pairs, self.gap, self.vocab, seed, self.fillers)
         return to_tokens(x, y, self.ids)

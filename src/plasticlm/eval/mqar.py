@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from ..data.recall import IGNORE, RecallConfig
+from ..data.recall import IGNORE, RecallConfig, distractors, mqar, to_tokens
 from .common import state_numel
 from .registry import Context
 from .results import line_plot
@@ -44,6 +44,9 @@ class Config:
     vocab: int = 256
     """Task vocabulary size: values come from its upper half, so the first loss plateau is ln(vocab / 2)."""
     power_a: float = 0.01
+    noise: str = "vocab"
+    """What fills the free positions: 'vocab' (Zoology's generator) or 'not_keys' (never a key of the
+    row, so no query has a distractor: :func:`plasticlm.data.recall.mqar`)."""
     batch_size: int = 64
     max_steps: int = 2000
     """Optimizer steps at most per learning rate (fewer when every number of pairs reaches target)."""
@@ -76,7 +79,7 @@ class Config:
 
     def task(self, ids: list[int] | None = None) -> RecallConfig:
         return RecallConfig(task="mqar", pairs=list(self.num_kv_pairs), vocab=self.vocab, power_a=self.power_a,
-                            ids=ids)
+                            noise=self.noise, ids=ids)
 
 
 def task_ids(tok, vocab: int) -> list[int]:
@@ -93,29 +96,46 @@ def task_ids(tok, vocab: int) -> list[int]:
     return ids
 
 
-def test_sets(cfg: Config, ids: list[int] | None, seed: int) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-    task = cfg.task(ids)
-    return {p: task.sample(cfg.test_examples, cfg.seq_len, p, [seed, 7919, p]) for p in cfg.num_kv_pairs}
+def test_sets(cfg: Config, ids: list[int] | None, seed: int) -> dict[int, tuple[torch.Tensor, ...]]:
+    """pairs -> (inputs, targets, distractor mask) of its fixed test sequences, in token ids."""
+    sets = {}
+    for p in cfg.num_kv_pairs:
+        x, y = mqar(cfg.test_examples, cfg.seq_len, p, cfg.vocab, cfg.power_a, [seed, 7919, p], cfg.noise)
+        sets[p] = (*to_tokens(x, y, ids), distractors(x, y, p, cfg.vocab))
+    return sets
 
 
 @torch.no_grad()
-def accuracy(model, tests: dict, batch: int = 64) -> dict:
-    """Greedy accuracy at the scored positions (targets not IGNORE) of each test set, every row from
-    an empty state; the tied head is applied at the scored positions only."""
+def correct(model, x: torch.Tensor, y: torch.Tensor, batch: int = 64) -> torch.Tensor:
+    """Whether the greedy prediction is right at each scored position (targets not IGNORE), in the
+    order of ``y[y != IGNORE]``; every row from an empty state, the tied head at those positions only."""
     device = next(model.parameters()).device
     was = model.training
     model.eval()
-    out = {}
-    for key, (x, y) in tests.items():
-        right = total = 0
-        for a in range(0, len(x), batch):
-            h, _ = model.hidden(x[a:a + batch].to(device))
-            mask = (y[a:a + batch] != IGNORE).to(device)
-            pred = torch.nn.functional.linear(h[mask], model.embed.weight).argmax(-1).cpu()
-            right += int((pred == y[a:a + batch][mask.cpu()]).sum())
-            total += int(mask.sum())
-        out[key] = right / max(1, total)
+    out = []
+    for a in range(0, len(x), batch):
+        h, _ = model.hidden(x[a:a + batch].to(device))
+        mask = (y[a:a + batch] != IGNORE).to(device)
+        pred = torch.nn.functional.linear(h[mask], model.embed.weight).argmax(-1).cpu()
+        out.append(pred == y[a:a + batch][mask.cpu()])
     model.train(was)
+    return torch.cat(out)
+
+
+def accuracy(model, tests: dict, batch: int = 64) -> dict:
+    """Accuracy at the scored positions of each test set (a value of ``tests`` is (inputs, targets, ...))."""
+    return {key: correct(model, t[0], t[1], batch).float().mean().item() for key, t in tests.items()}
+
+
+def accuracy_by_query(model, tests: dict, batch: int = 64) -> dict:
+    """pairs -> accuracy on all queries, on those without a distractor ('clean'), on those with one,
+    and the share of those (:func:`plasticlm.data.recall.distractors`)."""
+    out = {}
+    for key, (x, y, dis) in tests.items():
+        ok, dis = correct(model, x, y, batch), dis[y != IGNORE]
+        out[key] = {"all": ok.float().mean().item(), "clean": ok[~dis].float().mean().item(),
+                    "distractor": ok[dis].float().mean().item() if dis.any() else None,
+                    "distractor_share": dis.float().mean().item()}
     return out
 
 
@@ -135,7 +155,7 @@ def train_and_test(arch: str, model_config, cfg: Config, lr: float, seed: int, d
         arch=arch, model=model_config, seed=seed, device=device, out_dir=str(work_dir), steps=cfg.max_steps,
         data=DataConfig(kind="mqar", seq_len=cfg.seq_len, batch_size=cfg.batch_size,
                         options={"pairs": list(cfg.num_kv_pairs), "vocab": cfg.vocab, "power_a": cfg.power_a,
-                                 "ids": ids}),
+                                 "noise": cfg.noise, "ids": ids}),
         optim=OptimConfig(lr=lr, weight_decay=cfg.weight_decay, schedule=cfg.schedule,
                           warmup_steps=cfg.warmup_steps),
         backprop="segment" if is_segment else "full", segment_len=cfg.seq_len,
@@ -147,8 +167,10 @@ def train_and_test(arch: str, model_config, cfg: Config, lr: float, seed: int, d
     trainer = None
 
     def on_eval(step: int, valid: float) -> bool:
-        acc = accuracy(trainer.model, tests)
-        curve.append({"step": step, "valid_loss": valid, "accuracy": acc})
+        split = accuracy_by_query(trainer.model, tests)
+        acc = {p: v["all"] for p, v in split.items()}
+        curve.append({"step": step, "valid_loss": valid, "accuracy": acc,
+                      "clean_accuracy": {p: v["clean"] for p, v in split.items()}, "by_query": split})
         return all(a >= cfg.target for a in acc.values())
 
     trainer = Trainer(tc, progress=progress, on_eval=on_eval, model=model, tokenizer=tokenizer)
@@ -159,7 +181,7 @@ def train_and_test(arch: str, model_config, cfg: Config, lr: float, seed: int, d
     with torch.no_grad():
         x = next(iter(tests.values()))[0][:1].to(trainer.device)
         state_size = state_numel(trainer.model(x)[1])
-    return {"lr": lr, "accuracy": curve[-1]["accuracy"], "steps": summary["steps"],
+    return {"lr": lr, "accuracy": curve[-1]["accuracy"], "by_query": curve[-1]["by_query"], "steps": summary["steps"],
             "reached_target": summary["stopped_early"], "curve": curve, "train_loss": losses,
             "state_size": state_size, "n_params": summary["params"]}
 

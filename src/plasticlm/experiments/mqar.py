@@ -127,9 +127,10 @@ def execute(cfg: Config, run: Run, device: str, work: Path) -> dict:
     else:
         arch, mcfg = model_spec(cfg, "gated_average", p["d_model"], ABLATIONS[p["model"]])
     res = train_and_test(arch, mcfg, cfg.protocol, p["lr"], p["seed"], device, work)
-    res["accuracy"] = {str(k): v for k, v in res["accuracy"].items()}
-    for point in res["curve"]:
-        point["accuracy"] = {str(k): v for k, v in point["accuracy"].items()}
+    for d in [res, *res["curve"]]:
+        for part in ("accuracy", "clean_accuracy", "by_query"):
+            if part in d:
+                d[part] = {str(k): v for k, v in d[part].items()}
     return {**res, "arch": arch, "model_config": mcfg.to_dict()}
 
 
@@ -176,7 +177,8 @@ def stage(cfg: Config, loss: float | None) -> str:
 def report(cfg: Config, records: list[dict], out: Path | None) -> str:
     pairs = [str(p) for p in cfg.protocol.num_kv_pairs]
     lines = [f"Protocol: T = {cfg.protocol.seq_len}, pairs {pairs} (mixed in training), task vocabulary "
-             f"{cfg.protocol.vocab} (chance {2 / cfg.protocol.vocab:.4f}), batch {cfg.protocol.batch_size}, at most "
+             f"{cfg.protocol.vocab} (chance {2 / cfg.protocol.vocab:.4f}), fillers from "
+             f"{'the whole vocabulary' if cfg.protocol.noise == 'vocab' else 'the vocabulary less the keys'}, batch {cfg.protocol.batch_size}, at most "
              f"{cfg.protocol.max_steps} steps, AdamW wd {cfg.protocol.weight_decay}, warmup {cfg.protocol.warmup_steps} "
              f"then {cfg.protocol.schedule}, learning rates {cfg.protocol.lrs}, early stop at {cfg.protocol.target}. "
              f"Plateaus: " + ", ".join(f"{k} = {v:.2f}" for k, v in plateaus(cfg.protocol).items()) + ".", ""]
@@ -206,11 +208,19 @@ def report(cfg: Config, records: list[dict], out: Path | None) -> str:
             lines.append(f"| {name} | " + " | ".join(f"{r['accuracy'][p]:.3f}" for p in pairs) +
                          f" | {r['lr']:g} | {r['steps']} | {stage(cfg, final_loss(r))} |")
         lines.append("")
-    lines += ["## Every run", "", "| run | " + " | ".join(f"acc {p}" for p in pairs) + " | steps | seconds |",
-              "|---|" + "---:|" * len(pairs) + "---:|---:|"]
+    lines += ["## Every run", "", "Clean: the queries without a distractor (their key seen earlier among the fillers, "
+              "followed by a value-range token); the share of those with one in brackets.", "",
+              "| run | " + " | ".join(f"acc {p}" for p in pairs) + " | " +
+              " | ".join(f"clean {p} (distractors)" for p in pairs) + " | steps | seconds |",
+              "|---|" + "---:|" * (2 * len(pairs)) + "---:|---:|"]
+
+    def clean(r: dict, p: str) -> str:
+        q = r.get("by_query", {}).get(p)
+        return "-" if q is None else f"{q['clean']:.3f} ({q['distractor_share']:.1%})"
+
     for r in sorted(records, key=lambda r: r["id"]):
-        lines.append(f"| {r['id']} | " + " | ".join(f"{r['accuracy'][p]:.3f}" for p in pairs) +
-                     f" | {r['steps']} | {r['seconds']:.0f} |")
+        lines.append(f"| {r['id']} | " + " | ".join(f"{r['accuracy'][p]:.3f}" for p in pairs) + " | " +
+                     " | ".join(clean(r, p) for p in pairs) + f" | {r['steps']} | {r['seconds']:.0f} |")
     if out is not None and best:
         lines += ["", *plots(cfg, best, abl, out)]
     return "\n".join(lines) + "\n"

@@ -65,6 +65,20 @@ def make_config(name: str, quick: bool = False, overrides: list[str] | None = No
     return from_dict(mod.Config, data, name)
 
 
+def with_defaults(old: dict, default) -> dict:
+    """``old`` (a results file's config) with the fields it lacks, in it or in its nested configs,
+    taken from the config ``default``: a field added to a config later defaults to what the code did
+    before it, so older runs keep resuming. Dict-valued settings are values, compared whole."""
+    out = dict(old)
+    for f in dataclasses.fields(default):
+        value = getattr(default, f.name)
+        if f.name not in out:
+            out[f.name] = jsonable(dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value)
+        elif dataclasses.is_dataclass(value) and isinstance(out[f.name], dict):
+            out[f.name] = with_defaults(out[f.name], value)
+    return out
+
+
 def _execute(name: str, cfg_dict: dict, run: dict, device: str, work: str, threads: int, commit: str) -> dict:
     """One run, in this process or a worker's (everything it takes is plain data). ``commit`` is
     the source tree's at launch: the code a worker imports is the code of that moment."""
@@ -128,9 +142,9 @@ def run_experiment(name: str, *, device: str = "cpu", quick: bool = False, out: 
             old = json.loads(path.read_text())
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: not valid JSON ({e}); move it away to start over") from None
-        if old.get("config") != cfg_dict:
-            changed = sorted(k for k in set(cfg_dict) | set(old.get("config", {}))
-                             if cfg_dict.get(k) != old.get("config", {}).get(k))
+        old_cfg = with_defaults(old.get("config", {}), mod.Config())
+        if old_cfg != cfg_dict:
+            changed = sorted(k for k in set(cfg_dict) | set(old_cfg) if cfg_dict.get(k) != old_cfg.get(k))
             raise ValueError(f"{path} holds runs made with another config (fields {changed} differ): resume with "
                              f"the same settings, or give another --out")
         doc["runs"] = {k: v for k, v in old.get("runs", {}).items() if k in set(ids)}
