@@ -1,6 +1,8 @@
 """The experiment runner and every experiment's --quick form: the code path, not the figures."""
 import dataclasses
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -22,8 +24,13 @@ def test_every_experiment_config_parses_and_plans_unique_runs(name):
     assert mod.QUESTION.endswith("?")
 
 
+HAS_MAN_PAGES = bool(shutil.which("groff") and shutil.which("col") and Path("/usr/share/man/man1").is_dir())
+
+
 @pytest.mark.parametrize("name", list(EXPERIMENTS))
 def test_quick_form_runs_writes_results_and_resumes(name, tmp_path, capsys):
+    if name == "length" and not HAS_MAN_PAGES:
+        pytest.skip("the length experiment builds its corpus from man pages with groff")
     out = tmp_path / name
     assert main(["experiment", name, "--quick", "--out", str(out), "--no-progress"]) == 0
     doc = json.loads((out / "results.json").read_text())
@@ -73,6 +80,49 @@ def test_a_field_added_later_resumes_older_results_at_its_default(tmp_path):
     first = next(iter(doc["runs"].values()))
     assert set(first["by_query"]) == set(first["accuracy"])
     assert set(first["by_query"]["2"]) == {"all", "clean", "distractor", "distractor_share"}
+
+
+@pytest.mark.skipif(not HAS_MAN_PAGES, reason="builds its corpus from man pages with groff")
+def test_length_holds_out_every_page_of_its_evaluation_walks(tmp_path):
+    """No page read in the held-out streams is in the training corpus, and the streams are walks
+    of the citation graph of the requested length."""
+    from plasticlm.data.shards import TokenShard
+    from plasticlm.experiments import length
+
+    cfg = make_config("length", True, ["eval_streams=2", "eval_factor=8"])
+    source, streams, roots = length.split_corpus(cfg, tmp_path / "work")
+    assert streams.shape == (2, cfg.eval_len + 1) and len(set(roots)) == 2
+    assert (streams[:, 0] == 257).all()  # the byte tokenizer's [BOS]
+    train_ids = set(TokenShard(source, "train").ids) | set(TokenShard(source, "valid").ids)
+    graph = [json.loads(x) for x in (tmp_path / "shared" / "offline-40" / "graph.jsonl").read_text().splitlines()]
+    texts = {g["id"]: g["text"].encode() for g in graph}
+    for row in streams.tolist():
+        body = bytes(t for t in row if t < 256)
+        read = [pid for pid, t in texts.items() if t[:200] in body]
+        assert read and not set(read) & train_ids
+    assert len(train_ids) + len({p for row in streams.tolist() for p in texts if texts[p][:200] in
+                                 bytes(t for t in row if t < 256)}) <= len(graph)
+    with pytest.raises(ValueError, match="eval_streams=50 asked for"):
+        length.split_corpus(make_config("length", True, ["eval_streams=50", "eval_factor=64"]), tmp_path / "work")
+
+
+def test_shared_builds_take_turns(tmp_path):
+    """files.locked: while one process holds the lock, another cannot take it (so two parallel runs
+    never build one shared corpus at once); it is free again after the block."""
+    import fcntl
+    import subprocess
+    import sys
+
+    from plasticlm.files import locked
+
+    lock = tmp_path / "shared" / "corpus.lock"
+    probe = ("import fcntl, sys; f = open(sys.argv[1], 'a')\n"
+             "try:\n    fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB); print('free')\n"
+             "except BlockingIOError:\n    print('held')")
+    with locked(lock):
+        held = subprocess.run([sys.executable, "-c", probe, str(lock)], capture_output=True, text=True).stdout
+    free = subprocess.run([sys.executable, "-c", probe, str(lock)], capture_output=True, text=True).stdout
+    assert (held.strip(), free.strip()) == ("held", "free")
 
 
 def test_bad_names_and_settings_are_one_clear_line(capsys):

@@ -14,13 +14,14 @@ checkpoint, written last; :func:`verify_manifest` checks them before any is read
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
 import stat
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterable
+from typing import Any, BinaryIO, Callable, Iterable, Iterator
 
 MAX_JSON_BYTES = 1 << 28
 """Largest JSON file read (manifests, tokenizers, trainer state): 256 MiB, far above any that
@@ -166,6 +167,21 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> No
     finally:
         if os.path.lexists(tmp):
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def locked(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``path`` (created if missing) for the block: processes
+    that build the same shared file (an experiment's corpus, from parallel runs) take turns."""
+    import fcntl
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 # -- manifests -----------------------------------------------------------------------------------

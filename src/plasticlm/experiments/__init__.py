@@ -14,6 +14,7 @@ EXPERIMENTS = {
     "bptt": "plasticlm.experiments.bptt",
     "reading": "plasticlm.experiments.reading",
     "embeddings": "plasticlm.experiments.embeddings",
+    "length": "plasticlm.experiments.length",
 }
 
 __all__ = ["EXPERIMENTS", "Run", "make_config", "run_experiment"]

@@ -84,18 +84,18 @@ def prepared_corpus(cfg: Config, work: Path) -> Path:
     """The byte-tokenized builtin corpus, prepared once (the same text and splits for every run)."""
     from ..data.builtin import builtin_corpus
     from ..data.shards import prepare
-    from ..files import atomic_write
+    from ..files import atomic_write, locked
     from ..tokenizer import ByteTokenizer
 
     out = corpus_dir(work)
-    if (out / "meta.json").exists():
-        return out
-    src = out.parent / "builtin-src"
-    src.mkdir(parents=True, exist_ok=True)
-    atomic_write(src / "builtin.txt", lambda tmp: Path(tmp).write_text(builtin_corpus(), encoding="utf-8"))
-    ByteTokenizer().save(src / "tokenizer.json")
-    prepare(str(src / "builtin.txt"), out, tokenizer=str(src / "tokenizer.json"), unit="paragraph",
-            fractions=dict(cfg.fractions), progress=False)
+    with locked(out.parent / "builtin-bytes.lock"):  # parallel runs prepare it once
+        if not (out / "meta.json").exists():
+            src = out.parent / "builtin-src"
+            src.mkdir(parents=True, exist_ok=True)
+            atomic_write(src / "builtin.txt", lambda tmp: Path(tmp).write_text(builtin_corpus(), encoding="utf-8"))
+            ByteTokenizer().save(src / "tokenizer.json")
+            prepare(str(src / "builtin.txt"), out, tokenizer=str(src / "tokenizer.json"), unit="paragraph",
+                    fractions=dict(cfg.fractions), progress=False)
     return out
 
 
