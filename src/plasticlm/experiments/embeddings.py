@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from ..config import ModelConfig
-from .runner import Run
+from .runner import Run, mean_sd
 
 RESUMES_RUNS = True  # each run trains for tens of minutes: its trainer checkpoints let it resume
 QUESTION = ("Do mutable embeddings (a per-sequence table the model writes while reading) let a model read a "
@@ -170,14 +170,6 @@ def headline(record: dict) -> str:
     return f"shuffled {record['shuffled']['mean']:.3f}, plain {record['plain']['mean']:.3f} nats/byte"
 
 
-def _spread(vals: list[float]) -> str:
-    mean = sum(vals) / len(vals)
-    if len(vals) < 2:
-        return f"{mean:.3f}"
-    sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
-    return f"{mean:.3f} ± {sd:.3f}"
-
-
 def report(cfg: Config, records: list[dict], out: Path | None) -> str:
     lines = [f"Training: the shuffled-vocabulary task on bytes of the builtin corpus, sequences of up to "
              f"{cfg.seq_len} (a Rosetta header of {cfg.rosetta} translations, then ~{cfg.min_tokens} text tokens), "
@@ -189,8 +181,8 @@ def report(cfg: Config, records: list[dict], out: Path | None) -> str:
     by = {e: [r for r in records if r["params"]["embeddings"] == e] for e in cfg.embeddings}
     for e, rs in by.items():
         if rs:
-            lines.append(f"| {e} | {len(rs)} | {rs[0]['n_params']:,} | {_spread([r['shuffled']['mean'] for r in rs])} | "
-                         f"{_spread([r['plain']['mean'] for r in rs])} | {_spread([r['train']['valid_loss'] for r in rs])} |")
+            lines.append(f"| {e} | {len(rs)} | {rs[0]['n_params']:,} | {mean_sd([r['shuffled']['mean'] for r in rs])} | "
+                         f"{mean_sd([r['plain']['mean'] for r in rs])} | {mean_sd([r['train']['valid_loss'] for r in rs])} |")
     for measure in ("shuffled", "plain"):
         done = [r for r in records if r[measure]["bins"]]
         if not done:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import multiprocessing
 import os
 import shutil
@@ -63,6 +64,15 @@ def make_config(name: str, quick: bool = False, overrides: list[str] | None = No
     base = mod.Config.quick() if quick else mod.Config()
     data = apply_overrides(dataclasses.asdict(base), list(overrides or []), example="max_steps=100")
     return from_dict(mod.Config, data, name)
+
+
+def mean_sd(vals: list[float], signed: bool = False) -> str:
+    """'mean ± sd' over seeds (the sample standard deviation; the mean alone for one value)."""
+    mean = sum(vals) / len(vals)
+    text = f"{mean:+.3f}" if signed else f"{mean:.3f}"
+    if len(vals) < 2:
+        return text
+    return f"{text} ± {math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)):.3f}"
 
 
 def with_defaults(old: dict, default) -> dict:
