@@ -79,11 +79,12 @@ class Memory(nn.Module):
         v and output gate (B, T, H, V), and the state's parts other than the memory after x."""
         B, T, _ = x.shape
         H, K, V = self.cfg.n_heads, self.cfg.k_dim, self.cfg.v_dim
-        q, k, v, og = self.proj_in(x).split(self.split, dim=-1)
+        C = sum(self.split[:3])
+        qkv, og = self.proj_in(x).split((C, self.split[3]), dim=-1)
+        q, k, v = qkv.split(self.split[:3], dim=-1)
         carried = {}
         if self.conv is not None:
             # Causal across calls: the previous call's last w - 1 inputs come first.
-            qkv = torch.cat((q, k, v), dim=-1)
             full = torch.cat((S["conv"].to(qkv.dtype), qkv), dim=1)  # (B, w - 1 + T, C)
             # A copy, not a view: a view would keep all of `full` alive as long as the state lives
             # (the segment trainer keeps one state per segment boundary).
