@@ -125,6 +125,30 @@ def test_shared_builds_take_turns(tmp_path):
     assert (held.strip(), free.strip()) == ("held", "free")
 
 
+def test_plasticity_arms_start_from_the_base_weights(tmp_path):
+    """Every arm starts from the base's weights; the mutable arm adds only its table's parameters."""
+    import torch
+
+    from plasticlm import archs
+    from plasticlm.checkpoint import save_model
+    from plasticlm.experiments import plasticity
+    from plasticlm.tokenizer import ByteTokenizer
+
+    cfg = make_config("plasticity", True)
+    base = archs.build("plasticlm", plasticity.model_config(cfg, "base"))
+    save_model(tmp_path / "base", base, ByteTokenizer())
+    for arm in plasticity.ARMS:
+        model, mcfg = plasticity.start_model(cfg, arm, tmp_path / "base")
+        own = model.state_dict()
+        assert all(torch.equal(own[k], v) for k, v in base.state_dict().items())
+        assert sorted({k.split(".")[0] for k in set(own) - set(base.state_dict())}) == (
+            ["mutable"] if arm == "shuffled-mutable" else [])
+    other = archs.build("plasticlm", dataclasses.replace(plasticity.model_config(cfg, "base"), n_layers=2))
+    save_model(tmp_path / "other", other, ByteTokenizer())
+    with pytest.raises(RuntimeError, match="does not fit the plain model"):
+        plasticity.start_model(cfg, "plain", tmp_path / "other")
+
+
 def test_bad_names_and_settings_are_one_clear_line(capsys):
     assert main(["experiment", "nosuch", "--quick"]) == 2
     assert "unknown experiment 'nosuch'; known: mqar" in capsys.readouterr().err

@@ -15,6 +15,7 @@ EXPERIMENTS = {
     "reading": "plasticlm.experiments.reading",
     "embeddings": "plasticlm.experiments.embeddings",
     "length": "plasticlm.experiments.length",
+    "plasticity": "plasticlm.experiments.plasticity",
 }
 
 __all__ = ["EXPERIMENTS", "Run", "make_config", "run_experiment"]

@@ -125,10 +125,7 @@ def held_out_streams(cfg: Config) -> torch.Tensor:
 
 
 def execute(cfg: Config, run: Run, device: str, work: Path) -> dict:
-    from ..eval import probes
     from ..eval.common import log_bins
-    from ..eval.registry import Context, make_config
-    from ..tokenizer import ByteTokenizer
     from ..trainer.config import CheckpointConfig, DataConfig, LogConfig, OptimConfig, TrainConfig
     from ..trainer.loop import Trainer
     from ..trainer.metrics import read_metrics
@@ -162,20 +159,30 @@ def execute(cfg: Config, run: Run, device: str, work: Path) -> dict:
         out["positions"]["window"] = loss_by_position(windowed, streams, None)
     out["position_bins"] = [[lo, hi] for lo, hi in log_bins(cfg.position_tokens)]
 
+    out["probes"] = probe_curves(cfg, lm, arch, mcfg, p["seed"], device, work / "probes", cfg.seq_len)
+    return out
+
+
+def probe_curves(cfg, lm, arch: str, mcfg, seed: int, device: str, work: Path, piece: int) -> dict:
+    """The plasticity probes (drift rule, template) of ``lm``: each probe's curves against occurrences
+    read, for the model on the probe stream, on its shuffled control, and the untrained model.
+    ``cfg`` gives probe_dialogues, probe_occurrences and probe_held_out."""
+    from ..eval import probes
+    from ..eval.registry import Context, make_config
+    from ..tokenizer import ByteTokenizer
+
     def untrained():
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(p["seed"])
-            return archs.as_lm(archs.build(arch, mcfg).to(device).eval(), piece=cfg.seq_len)
+            torch.manual_seed(seed)
+            return archs.as_lm(archs.build(arch, mcfg).to(device).eval(), piece=piece)
 
     pcfg = make_config("probes", overrides={"probes.max_dialogues": cfg.probe_dialogues,
                                             "probes.max_occurrences": cfg.probe_occurrences,
                                             "probes.held_out": cfg.probe_held_out})
-    ctx = Context(lm=lm, tokenizer=ByteTokenizer(), seed=p["seed"], out_dir=work / "probes", progress=False,
-                  untrained=untrained)
+    ctx = Context(lm=lm, tokenizer=ByteTokenizer(), seed=seed, out_dir=work, progress=False, untrained=untrained)
     res = probes.run(ctx, pcfg)
-    out["probes"] = {k: {c: {str(n): v for n, v in curve.items()} for c, curve in res[k]["curves"].items()}
-                     for k in pcfg.probes}
-    return out
+    return {k: {c: {str(n): v for n, v in curve.items()} for c, curve in res[k]["curves"].items()}
+            for k in pcfg.probes}
 
 
 def headline(record: dict) -> str:

@@ -1,0 +1,242 @@
+"""H3 and RQ6 from a text model: does a shuffled-vocabulary stage teach a model to learn from reading?
+
+The RQ6 experiment (``embeddings``) trains from scratch on shuffled text only, and at a CPU
+budget neither model learns even plain bytes there (4.5 nats/byte). The design's curriculum
+puts the shuffled task after plain text, so this one does: per seed, a **base** model trained on
+plain bytes of the builtin corpus (sequences of ``base_seq_len``), then three arms from those
+same weights, each ``stage_steps`` more updates on the same number of tokens:
+
+- **plain**: more plain text (H3's control: what the extra tokens give without the task);
+- **shuffled**: the shuffled-vocabulary task (each sequence a new language, a Rosetta header,
+  exact segment BPTT through it), the tied embedding table as trained;
+- **shuffled-mutable**: the same task with ``embeddings: mutable`` (RQ6): the base's weights, and
+  the per-sequence table's own parameters at their initialisation.
+
+Measured for the base and every arm, on held-out text (the corpus's valid split):
+
+- **one-shot curve**: loss by position in sequences of fresh languages; a model that learns the
+  language while reading has a loss that falls with position;
+- **plain**: loss by position on the same text unpermuted (what the stage costs on plain text);
+- **probes**: the drift rule and the template (``plasticlm.eval.probes``) against occurrences,
+  beside their shuffled controls and the untrained model.
+
+H3 predicts that only the shuffled arms gain from reading (their one-shot curve falls, their
+probe curves rise above the controls); RQ6 asks whether the mutable table lowers the one-shot
+curve further.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..config import ModelConfig
+from ..files import MANIFEST
+from .embeddings import data_config, loss_by_position, prepared_corpus
+from .runner import Run, mean_sd
+
+RESUMES_RUNS = True  # runs train for tens of minutes: their trainer checkpoints let them resume
+QUESTION = ("After plain text, does a stage of the shuffled-vocabulary task make a model learn from what it reads "
+            "(one-shot languages, in-context rules) where more plain text does not, and do mutable embeddings add to it?")
+ARMS = ["plain", "shuffled", "shuffled-mutable"]
+
+
+@dataclass
+class Config:
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    design: dict = field(default_factory=lambda: {"short_conv": 4, "bias_correction": True})
+    base_steps: int = 600
+    base_seq_len: int = 1024
+    base_batch_size: int = 8
+    """The base: plain bytes, as E3's plasticlm (4.9M tokens at these settings)."""
+    arms: list[str] = field(default_factory=lambda: list(ARMS))
+    stage_steps: int = 150
+    seq_len: int = 4096
+    """Longest stage sequence (header + text), also of the held-out measures."""
+    min_tokens: int = 3500
+    rosetta: int = 60
+    rosetta_top: int = 200
+    pool: int = 100
+    batch_size: int = 4
+    lr: float = 3e-3
+    warmup_steps: int = 15
+    segment_len: int = 256
+    eval_sequences: int = 8
+    probe_dialogues: int = 64
+    probe_occurrences: int = 64
+    probe_held_out: int = 32
+    fractions: dict = field(default_factory=lambda: {"train": 0.5, "valid": 0.05, "test": 0.05, "holdout": 0.4})
+    """Split of the builtin corpus's paragraphs: the base and the plain arm train on train, the
+    shuffled arms on holdout (as the pretraining task does), every measure reads valid."""
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+
+    @classmethod
+    def quick(cls) -> "Config":
+        return cls(d_model=32, n_layers=1, n_heads=2, base_steps=2, base_seq_len=128, base_batch_size=2,
+                   stage_steps=2, seq_len=256, min_tokens=150, rosetta=8, rosetta_top=40, pool=20, batch_size=2,
+                   warmup_steps=1, segment_len=64, eval_sequences=2, probe_dialogues=2, probe_occurrences=2,
+                   probe_held_out=2, seeds=[0])
+
+    def __post_init__(self) -> None:
+        bad = sorted(set(self.arms) - set(ARMS))
+        if bad:
+            raise ValueError(f"plasticity experiment: unknown arms {bad}; known: {ARMS}")
+
+
+def plan(cfg: Config) -> list[Run]:
+    runs = []
+    for s in cfg.seeds:
+        runs.append(Run(f"base/seed{s}", {"arm": "base", "seed": s}))
+        runs += [Run(f"{a}/seed{s}", {"arm": a, "seed": s}, needs=[f"base/seed{s}"]) for a in cfg.arms]
+    return runs
+
+
+def model_config(cfg: Config, arm: str) -> ModelConfig:
+    return ModelConfig(vocab_size=272, d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
+                       embeddings="mutable" if arm == "shuffled-mutable" else "parameter", **cfg.design)
+
+
+def base_dir(work: Path, seed: int) -> Path:
+    """Where the base of ``seed`` is saved: shared by the arms that start from it."""
+    return work.parent / "shared" / f"base-seed{seed}"
+
+
+def start_model(cfg: Config, arm: str, base: Path):
+    """The arm's model with the base's weights; the mutable table's parameters, which the base
+    lacks, keep their initialisation (nothing else may be missing or left over)."""
+    from .. import archs
+    from ..trainer import run_state
+
+    mcfg = model_config(cfg, arm)
+    model = archs.build("plasticlm", mcfg)
+    missing, unexpected = model.load_state_dict(run_state.load_weights(base), strict=False)
+    if unexpected or any(not k.startswith("mutable.") for k in missing):
+        raise RuntimeError(f"plasticity: the base at {base} does not fit the {arm} model: missing {missing}, "
+                           f"unexpected {unexpected}")
+    return model, mcfg
+
+
+def execute(cfg: Config, run: Run, device: str, work: Path) -> dict:
+    from ..checkpoint import save_model
+    from ..tokenizer import ByteTokenizer
+    from ..trainer.config import CheckpointConfig, DataConfig, LogConfig, OptimConfig, TrainConfig
+    from ..trainer.loop import Trainer
+    from ..trainer.metrics import read_metrics
+    from .. import archs
+    from .reading import probe_curves
+
+    p = run.params
+    source = prepared_corpus(cfg, work)
+    base = base_dir(work, p["seed"])
+    if p["arm"] == "base":
+        mcfg, model = model_config(cfg, "base"), None
+        data = DataConfig(kind="traditional", source=str(source), seq_len=cfg.base_seq_len,
+                          batch_size=cfg.base_batch_size)
+        steps = cfg.base_steps
+    else:
+        if not (base / MANIFEST).exists():  # a cleared work folder: the same seed rebuilds it
+            execute(cfg, Run(f"base/seed{p['seed']}", {"arm": "base", "seed": p["seed"]}), device, work / "base")
+        model, mcfg = start_model(cfg, p["arm"], base)
+        data = data_config(cfg, source, "traditional" if p["arm"] == "plain" else "shuffled")
+        steps = cfg.stage_steps
+    tc = TrainConfig(
+        arch="plasticlm", model=mcfg, seed=p["seed"], device=device, out_dir=str(work / "train"), steps=steps,
+        segment_len=cfg.segment_len, data=data, optim=OptimConfig(lr=cfg.lr, warmup_steps=cfg.warmup_steps),
+        checkpoint=CheckpointConfig(every=max(1, steps // 5)),
+        log=LogConfig(every=5, tensorboard="disabled", eval_every=max(1, steps // 5)),
+        eval_tokens=data.batch_size * data.seq_len)
+    trainer = Trainer(tc, progress=False, model=model)
+    summary = trainer.run()
+    model = trainer.model.eval()
+    if p["arm"] == "base":
+        save_model(base, model, ByteTokenizer())
+    metrics = read_metrics(work / "train")
+    lm = archs.as_lm(model, piece=cfg.segment_len)
+    return {"model_config": mcfg.to_dict(), "n_params": summary["params"],
+            "train": {k: summary[k] for k in ("steps", "tokens", "seconds", "tok_s", "valid_loss")},
+            "train_loss": [(r["step"], r["loss"]) for r in metrics if r.get("loss") is not None],
+            "shuffled": loss_by_position(model, cfg, data_config(cfg, source), p["seed"]),
+            "plain": loss_by_position(model, cfg, data_config(cfg, source, "traditional"), p["seed"]),
+            "probes": probe_curves(cfg, lm, "plasticlm", mcfg, p["seed"], device, work / "probes", cfg.segment_len)}
+
+
+def headline(record: dict) -> str:
+    return f"one-shot {record['shuffled']['mean']:.3f}, plain {record['plain']['mean']:.3f} nats/byte"
+
+
+# ---- report --------------------------------------------------------------------------------------
+
+def fall(measure: dict) -> float | None:
+    """Loss in the last position bin minus the loss in the first bin after the header's end (the
+    first bin with text in every row): how much reading the text lowered the loss."""
+    bins, loss = measure["bins"], measure["loss"]
+    start = max(measure["text_starts"] or [0])
+    inside = [i for i, (lo, hi) in enumerate(bins) if lo > start and loss[i] is not None]
+    return loss[inside[-1]] - loss[inside[0]] if len(inside) >= 2 else None
+
+
+def _probe_last(pr: dict, probe: str, key: str) -> str:
+    vals = []
+    for c in ("model/stream", "model/shuffled", "untrained/stream"):
+        curve = pr.get(probe, {}).get(c)
+        vals.append(f"{curve[max(curve, key=int)][key]:.2f}" if curve else "-")
+    return " / ".join(vals)
+
+
+def report(cfg: Config, records: list[dict], out: Path | None) -> str:
+    order = ["base", *cfg.arms]
+    by = {a: sorted((r for r in records if r["params"]["arm"] == a), key=lambda r: r["params"]["seed"]) for a in order}
+    lines = [f"Base: plain bytes of the builtin corpus, {cfg.base_steps} steps of {cfg.base_batch_size} x "
+             f"{cfg.base_seq_len}; then each arm {cfg.stage_steps} steps of {cfg.batch_size} sequences of up to "
+             f"{cfg.seq_len} (shuffled: a Rosetta header of {cfg.rosetta} translations, then ~{cfg.min_tokens} text "
+             f"tokens), lr {cfg.lr}, exact segment BPTT (segments of {cfg.segment_len}); d_model {cfg.d_model}, "
+             f"{cfg.n_layers} layers, {cfg.design}.", "",
+             "Loss in nats per byte on held-out text, mean over seeds ± their standard deviation. Fall with "
+             "reading: loss in the last position bin minus the first bin after the header (negative: reading "
+             "the text lowered the loss).", "",
+             "| model | seeds | params | one-shot: mean loss | one-shot: fall with reading | plain: mean loss | "
+             "plain: fall with reading |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for a, rs in by.items():
+        if not rs:
+            continue
+        cells = []
+        for measure in ("shuffled", "plain"):
+            falls = [f for f in (fall(r[measure]) for r in rs) if f is not None]
+            cells += [mean_sd([r[measure]["mean"] for r in rs]), mean_sd(falls, signed=True) if falls else "-"]
+        lines.append(f"| {a} | {len(rs)} | {rs[0]['n_params']:,} | " + " | ".join(cells) + " |")
+    lines += ["", "### Probes after the most reading (model / shuffled control / untrained), each seed", "",
+              "| model | seed | drift: rule followed | template: fixed word | template: copied word |",
+              "|---|---:|---|---|---|"]
+    for a, rs in by.items():
+        for r in rs:
+            pr = r["probes"]
+            lines.append(f"| {a} | {r['params']['seed']} | {_probe_last(pr, 'drift', 'match_rate')} | "
+                         f"{_probe_last(pr, 'template', 'marker_rate')} | {_probe_last(pr, 'template', 'copy_rate')} |")
+    if out is not None and records:
+        lines += ["", plot(by, out)]
+    return "\n".join(lines) + "\n"
+
+
+def plot(by: dict, out: Path) -> str:
+    from ..eval.results import legend, pyplot
+
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, measure in zip(axes, ("shuffled", "plain")):
+        for i, (a, rs) in enumerate(by.items()):
+            for r in rs:
+                mids = [(lo + hi) / 2 for lo, hi in r[measure]["bins"]]
+                ax.plot(mids, [math.nan if v is None else v for v in r[measure]["loss"]], marker=".", color=f"C{i}",
+                        alpha=0.8, label=a if r is rs[0] else None)
+        ax.set(xscale="log", xlabel="position in the sequence", ylabel="loss (nats/byte)",
+               title="one-shot: held-out text in fresh languages" if measure == "shuffled" else "plain held-out text")
+        ax.grid(alpha=0.3)
+        legend(ax, fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "loss_by_position.png", dpi=110)
+    plt.close(fig)
+    return "![loss_by_position.png](loss_by_position.png)"
