@@ -79,7 +79,8 @@ def test_a_field_added_later_resumes_older_results_at_its_default(tmp_path):
     assert doc["config"]["protocol"]["noise"] == "vocab" and len(doc["runs"]) == doc["planned_runs"]
     first = next(iter(doc["runs"].values()))
     assert set(first["by_query"]) == set(first["accuracy"])
-    assert set(first["by_query"]["2"]) == {"all", "clean", "distractor", "distractor_share"}
+    assert set(first["by_query"]["2"]) == {"all", "clean", "distractor", "distractor_share", "by_pair"}
+    assert len(first["by_query"]["2"]["by_pair"]) == 2
 
 
 @pytest.mark.skipif(not HAS_MAN_PAGES, reason="builds its corpus from man pages with groff")

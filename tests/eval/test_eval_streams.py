@@ -167,6 +167,15 @@ def test_mqar_distractors_are_found_and_not_keys_noise_has_none():
         recall.mqar(2, 64, 4, 64, 0.01, 0, noise="keys")
 
 
+def test_mqar_test_sets_name_the_pair_each_query_asks_for():
+    cfg = mqar.Config(test_examples=50)
+    x, y, _, pair = mqar.test_sets(cfg, None, 0)[4]
+    scored = y != -100
+    assert (pair[scored] >= 0).all() and (pair[~scored] == -1).all()
+    keys = x[:, 0:8:2]
+    assert torch.equal(keys[scored.nonzero()[:, 0], pair[scored]], x[scored])  # the pair's key is the query
+
+
 def test_mqar_maps_into_non_control_token_ids(tok):
     ids = mqar.task_ids(tok, 64)
     x, y = recall.to_tokens(*recall.mqar(4, 32, 4, 64, 0.01, 1), ids)

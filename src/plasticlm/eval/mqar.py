@@ -97,11 +97,15 @@ def task_ids(tok, vocab: int) -> list[int]:
 
 
 def test_sets(cfg: Config, ids: list[int] | None, seed: int) -> dict[int, tuple[torch.Tensor, ...]]:
-    """pairs -> (inputs, targets, distractor mask) of its fixed test sequences, in token ids."""
+    """pairs -> (inputs, targets, distractor mask, pair index) of its fixed test sequences, in token
+    ids; the pair index (which key-value pair a scored position queries; -1 elsewhere) lets errors
+    be told apart by the pair's place in the sequence."""
     sets = {}
     for p in cfg.num_kv_pairs:
         x, y = mqar(cfg.test_examples, cfg.seq_len, p, cfg.vocab, cfg.power_a, [seed, 7919, p], cfg.noise)
-        sets[p] = (*to_tokens(x, y, ids), distractors(x, y, p, cfg.vocab))
+        match = x[:, :, None] == x[:, None, 0:2 * p:2]  # (n, T, p): position t holds key j
+        pair = torch.where(y != IGNORE, match.float().argmax(-1), -1)
+        sets[p] = (*to_tokens(x, y, ids), distractors(x, y, p, cfg.vocab), pair)
     return sets
 
 
@@ -129,13 +133,16 @@ def accuracy(model, tests: dict, batch: int = 64) -> dict:
 
 def accuracy_by_query(model, tests: dict, batch: int = 64) -> dict:
     """pairs -> accuracy on all queries, on those without a distractor ('clean'), on those with one,
-    and the share of those (:func:`plasticlm.data.recall.distractors`)."""
+    the share of those (:func:`plasticlm.data.recall.distractors`), and the accuracy by the queried
+    pair's place in the sequence ('by_pair': first pair first)."""
     out = {}
-    for key, (x, y, dis) in tests.items():
-        ok, dis = correct(model, x, y, batch), dis[y != IGNORE]
+    for key, (x, y, dis, pair) in tests.items():
+        scored = y != IGNORE
+        ok, dis, pair = correct(model, x, y, batch), dis[scored], pair[scored]
         out[key] = {"all": ok.float().mean().item(), "clean": ok[~dis].float().mean().item(),
                     "distractor": ok[dis].float().mean().item() if dis.any() else None,
-                    "distractor_share": dis.float().mean().item()}
+                    "distractor_share": dis.float().mean().item(),
+                    "by_pair": [ok[pair == j].float().mean().item() for j in range(int(pair.max()) + 1)]}
     return out
 
 
