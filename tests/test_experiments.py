@@ -79,7 +79,7 @@ def test_a_field_added_later_resumes_older_results_at_its_default(tmp_path):
     assert doc["config"]["protocol"]["noise"] == "vocab" and len(doc["runs"]) == doc["planned_runs"]
     first = next(iter(doc["runs"].values()))
     assert set(first["by_query"]) == set(first["accuracy"])
-    assert set(first["by_query"]["2"]) == {"all", "clean", "distractor", "distractor_share", "by_pair"}
+    assert set(first["by_query"]["2"]) == {"all", "clean", "distractor", "distractor_share", "by_pair", "by_gap", "gap_counts"}
     assert len(first["by_query"]["2"]["by_pair"]) == 2
 
 

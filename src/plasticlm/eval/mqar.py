@@ -109,6 +109,16 @@ def test_sets(cfg: Config, ids: list[int] | None, seed: int) -> dict[int, tuple[
     return sets
 
 
+GAP_BANDS = [(1, 2), (2, 4), (4, 8), (8, 16), (16, 1 << 30)]
+"""Bands of the distance from a pair's value to its query, for :func:`accuracy_by_query`."""
+
+
+def query_gaps(y: torch.Tensor, pair: torch.Tensor) -> torch.Tensor:
+    """Distance from the queried pair's value (position 2 j + 1) to the query, at each scored position."""
+    pos = torch.arange(y.shape[1]).expand_as(y)
+    return (pos - (2 * pair + 1))[y != IGNORE]
+
+
 @torch.no_grad()
 def correct(model, x: torch.Tensor, y: torch.Tensor, batch: int = 64) -> torch.Tensor:
     """Whether the greedy prediction is right at each scored position (targets not IGNORE), in the
@@ -134,15 +144,20 @@ def accuracy(model, tests: dict, batch: int = 64) -> dict:
 def accuracy_by_query(model, tests: dict, batch: int = 64) -> dict:
     """pairs -> accuracy on all queries, on those without a distractor ('clean'), on those with one,
     the share of those (:func:`plasticlm.data.recall.distractors`), and the accuracy by the queried
-    pair's place in the sequence ('by_pair': first pair first)."""
+    pair's place in the sequence ('by_pair': first pair first) and by the query's distance from
+    the pair's value ('by_gap', bands of GAP_BANDS; None where a band holds no query)."""
     out = {}
     for key, (x, y, dis, pair) in tests.items():
         scored = y != IGNORE
+        gap = query_gaps(y, pair)
         ok, dis, pair = correct(model, x, y, batch), dis[scored], pair[scored]
         out[key] = {"all": ok.float().mean().item(), "clean": ok[~dis].float().mean().item(),
                     "distractor": ok[dis].float().mean().item() if dis.any() else None,
                     "distractor_share": dis.float().mean().item(),
-                    "by_pair": [ok[pair == j].float().mean().item() for j in range(int(pair.max()) + 1)]}
+                    "by_pair": [ok[pair == j].float().mean().item() for j in range(int(pair.max()) + 1)],
+                    "by_gap": [ok[(gap >= lo) & (gap < hi)].float().mean().item() if ((gap >= lo) & (gap < hi)).any()
+                               else None for lo, hi in GAP_BANDS],
+                    "gap_counts": [int(((gap >= lo) & (gap < hi)).sum()) for lo, hi in GAP_BANDS]}
     return out
 
 
