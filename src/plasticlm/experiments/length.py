@@ -8,13 +8,17 @@ Every page on a held-out walk is left out of training, so the streams are text n
 
 Loss by position in log-spaced bins, for
 
-- plasticlm's gated average and decay memories, the state carried through the whole stream, and
-  reset every ``train_len`` tokens (each block read as a new document);
+- plasticlm's gated average and decay memories (and GLA, when asked for), the state carried
+  through the whole stream, and reset every ``train_len`` tokens (each block read as a new document);
 - the SDPA Transformer with a sliding window of ``train_len`` (its KV cache cut to the last
   ``train_len`` tokens: what it can use past its training length), and reset every ``train_len``.
 
 The design claims the gated average's loss keeps falling, or at least does not rise, past
 ``train_len``; decay's fixed gates forget, and the window holds only ``train_len`` tokens.
+
+The held-out streams read in blocks of ``train_len`` also give each model's held-out bits per
+byte at its training length: H1's comparison at equal parameters and tokens (run with
+``models=[gated_average,transformer,gla]`` at a larger size).
 
 The corpus is built once per experiment from this machine's man pages
 (:func:`plasticlm.data.offline.build_offline`, a few minutes on one core) into the work folder,
@@ -50,8 +54,8 @@ class Config:
     n_layers: int = 4
     n_heads: int = 4
     design: dict = field(default_factory=lambda: {"short_conv": 4, "bias_correction": True})
-    """plasticlm's options (bias_correction for the gated average only); the Transformer is sized
-    to the gated average's parameter count."""
+    """plasticlm's options (bias_correction for the gated average only); the Transformer and GLA
+    are sized to the gated average's parameter count."""
     train_len: int = 1024
     """T_train: tokens of each training sequence (a piece of a page), trained whole."""
     batch_size: int = 8
@@ -218,9 +222,8 @@ def execute(cfg: Config, run: Run, device: str, work: Path) -> dict:
     summary = trainer.run()
     model = trainer.model.eval()
     T = cfg.train_len
-    if arch == "transformer":
-        carried = archs.as_lm(model, piece=max(1, T // 4), window=T)
-        modes = {"window": carried}
+    if arch == "transformer":  # its cache cut to the last T tokens: all it can use past T
+        modes = {"window": archs.as_lm(model, piece=max(1, T // 4), window=T)}
     else:
         modes = {"carried": archs.as_lm(model, piece=T)}
     positions = {mode: loss_by_position(lm, streams, None) for mode, lm in modes.items()}
