@@ -191,8 +191,7 @@ def train_and_test(arch: str, model_config, cfg: Config, lr: float, seed: int, d
     def on_eval(step: int, valid: float) -> bool:
         split = accuracy_by_query(trainer.model, tests)
         acc = {p: v["all"] for p, v in split.items()}
-        curve.append({"step": step, "valid_loss": valid, "accuracy": acc,
-                      "clean_accuracy": {p: v["clean"] for p, v in split.items()}, "by_query": split})
+        curve.append({"step": step, "valid_loss": valid, "accuracy": acc, "by_query": split})
         return all(a >= cfg.target for a in acc.values())
 
     trainer = Trainer(tc, progress=progress, on_eval=on_eval, model=model, tokenizer=tokenizer)

@@ -128,7 +128,7 @@ def execute(cfg: Config, run: Run, device: str, work: Path) -> dict:
         arch, mcfg = model_spec(cfg, "gated_average", p["d_model"], ABLATIONS[p["model"]])
     res = train_and_test(arch, mcfg, cfg.protocol, p["lr"], p["seed"], device, work)
     for d in [res, *res["curve"]]:
-        for part in ("accuracy", "clean_accuracy", "by_query"):
+        for part in ("accuracy", "by_query"):
             if part in d:
                 d[part] = {str(k): v for k, v in d[part].items()}
     return {**res, "arch": arch, "model_config": mcfg.to_dict()}
