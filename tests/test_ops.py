@@ -143,17 +143,25 @@ def test_auto_form_falls_back_to_halving_past_the_masked_limit():
     assert not torch.isfinite(o_masked).all()
 
 
-@pytest.mark.parametrize("T", [1, 2, 50])
+@pytest.mark.parametrize("T", [1, 2, 3, 50])
 def test_causal_conv_equals_conv1d_with_every_gradient(T):
-    from plasticlm.ops.conv import causal_depthwise_conv
+    """The fast op against F.conv1d over cat(prev, x): output, the carried tail, and the gradients
+    of prev, x and the weight (T below, at and above the w - 1 carried steps)."""
+    from plasticlm.ops.conv import causal_conv, conv_tail
 
     g = torch.Generator().manual_seed(0)
-    full = torch.randn(2, 3 + T, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    prev = torch.randn(2, 3, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, T, 6, generator=g, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(6, 1, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    full = torch.cat((prev, x), dim=1)
     ref = F.conv1d(full.transpose(1, 2), weight, groups=6).transpose(1, 2)
-    out = causal_depthwise_conv(full, weight)
+    out = causal_conv(prev, x, weight)
     assert rel(out, ref) < 1e-14
+    assert torch.equal(conv_tail(prev, x), full[:, -3:])
     probe = torch.randn(ref.shape, generator=g, dtype=torch.float64)
-    for a, b in zip(torch.autograd.grad((out * probe).sum(), (full, weight)),
-                    torch.autograd.grad((ref * probe).sum(), (full, weight))):
+    for a, b in zip(torch.autograd.grad((out * probe).sum(), (prev, x, weight)),
+                    torch.autograd.grad((ref * probe).sum(), (prev, x, weight))):
         assert rel(a, b) < 1e-13
+    assert torch.autograd.gradcheck(causal_conv, (prev, x, weight))
+    with pytest.raises(ValueError, match="prev holds 2 steps, a width-4 convolution needs 3"):
+        causal_conv(prev[:, 1:], x, weight)

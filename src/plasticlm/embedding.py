@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .ops.conv import causal_depthwise_conv
+from .ops.conv import causal_conv, conv_tail
 
 HASH = 2654435761  # Knuth's multiplicative constant, a prime: ids < m map one to one for any smaller m
 
@@ -123,13 +123,12 @@ class MutableEmbedding(nn.Module):
         (what to add to the embeddings (B, T, d), the table's state after the tokens)."""
         T = tokens.shape[1]
         dtype = E["table"].dtype
-        full = torch.cat((E["context"].to(base.dtype), base), dim=1)  # (B, w - 1 + T, d)
-        u = F.silu(causal_depthwise_conv(full, self.conv.weight))
+        u = F.silu(causal_conv(E["context"].to(base.dtype), base, self.conv.weight))
         w = self.write(u).to(dtype)
         log_a = F.logsigmoid(self.gate(u).squeeze(-1).to(dtype))
         fn = table_naive if mode == "naive" or T == 1 else table_chunk
         kw = {} if fn is table_naive else {"chunk_size": self.chunk_size}
         reads, table, log_p = fn(slots_of(tokens, self.slots), w, log_a, E["table"], E["log_gate_prod"], **kw)
         # A copy, not a view, of the carried inputs: see Memory.inputs.
-        context = full[:, T:].to(E["context"].dtype, copy=True)
+        context = conv_tail(E["context"], base).to(E["context"].dtype, copy=True)
         return reads.to(base.dtype), {"table": table, "log_gate_prod": log_p, "context": context}

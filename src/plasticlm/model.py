@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from .config import ModelConfig
 from .embedding import MutableEmbedding
 from .ops import gated_average, gated_decay
-from .ops.conv import causal_depthwise_conv
+from .ops.conv import causal_conv, conv_tail
 from .reversible import reversible_stack
 from .state import State
 
@@ -84,12 +84,11 @@ class Memory(nn.Module):
         q, k, v = qkv.split(self.split[:3], dim=-1)
         carried = {}
         if self.conv is not None:
-            # Causal across calls: the previous call's last w - 1 inputs come first.
-            full = torch.cat((S["conv"].to(qkv.dtype), qkv), dim=1)  # (B, w - 1 + T, C)
-            # A copy, not a view: a view would keep all of `full` alive as long as the state lives
+            # Causal across calls: the previous call's last w - 1 inputs come first. The tail is
+            # a copy, not a view: a view would keep all of qkv alive as long as the state lives
             # (the segment trainer keeps one state per segment boundary).
-            carried["conv"] = full[:, T:].to(S["conv"].dtype, copy=True)
-            qkv = F.silu(causal_depthwise_conv(full, self.conv.weight))
+            carried["conv"] = conv_tail(S["conv"], qkv).to(S["conv"].dtype, copy=True)
+            qkv = F.silu(causal_conv(S["conv"], qkv, self.conv.weight))
             q, k, v = qkv.split(self.split[:3], dim=-1)
         q, k = q.reshape(B, T, H, K), k.reshape(B, T, H, K)
         if self.cfg.qk_norm:

@@ -29,7 +29,7 @@ from ..config import ModelConfig
 from ..lm import PiecewiseLM
 from ..model import FeedForward, RMSNorm
 from ..ops.chunk import chunk_recurrence
-from ..ops.conv import causal_depthwise_conv
+from ..ops.conv import causal_conv, conv_tail
 from ..ops.naive import naive_recurrence
 from .transformer import _check_tokens, _plastic, count_params, match_ffn
 
@@ -225,9 +225,8 @@ class GLAMixer(nn.Module):
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         if self.conv1d is not None:
             qkv = torch.cat((q, k, v), dim=-1)
-            full = torch.cat((conv.to(qkv.dtype), qkv), dim=1)  # the previous inputs make it causal across calls
-            conv = full[:, T:].to(conv.dtype, copy=True)  # a copy: a view would keep all of `full` alive
-            qkv = F.silu(causal_depthwise_conv(full, self.conv1d.weight))  # plasticlm's own op: equal speed
+            prev, conv = conv, conv_tail(conv, qkv).to(conv.dtype, copy=True)  # a copy: a view keeps qkv alive
+            qkv = F.silu(causal_conv(prev, qkv, self.conv1d.weight))  # plasticlm's own op: equal speed
             q, k, v = qkv.split((q.shape[-1], k.shape[-1], v.shape[-1]), dim=-1)
         q = q.reshape(B, T, H, hk) * hk ** -0.5
         k = k.reshape(B, T, H, hk)
