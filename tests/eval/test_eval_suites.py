@@ -39,6 +39,7 @@ def test_every_suite_runs_on_both_lms(name, tok, bigram, plastic, tmp_path):
     assert set(r["oneshot"]["results"]["curves"]) == {"read", "dynamic"}
     if name == "plasticlm":
         assert r["mqar"]["results"]["state_size"] > 0 and set(r["mqar"]["results"]["by_lr"]) == {"0.003"}
+        assert set(r["mqar"]["results"]["by_query"]) == set(r["mqar"]["results"]["accuracy"])
     else:
         with pytest.raises(ValueError, match="mqar trains the model on the task with plasticlm's trainer"):
             evaluate(ctx, ["mqar"], "smoke", TINY, tmp_path / "m.json")

@@ -236,8 +236,8 @@ def run(ctx: Context, cfg: Config) -> dict:
     res = {"state_size": best["state_size"], "seq_len": cfg.seq_len, "vocab": cfg.vocab, "chance": 2 / cfg.vocab,
            "method": ("fresh model" if cfg.fresh else "checkpoint fine-tuned") + ", trained on the task with "
                      "plasticlm's trainer, best of the learning rates", "accuracy": best["accuracy"],
-           "best_lr": float(best_lr), "steps": best["steps"], "plateaus": plateaus(cfg),
-           "by_lr": {k: {"accuracy": v["accuracy"], "steps": v["steps"], "curve": v["curve"]}
+           "by_query": best["by_query"], "best_lr": float(best_lr), "steps": best["steps"], "plateaus": plateaus(cfg),
+           "by_lr": {k: {"accuracy": v["accuracy"], "by_query": v["by_query"], "steps": v["steps"], "curve": v["curve"]}
                      for k, v in by_lr.items()}}
     ks = list(res["accuracy"])
     res["plots"] = [line_plot(ctx.out_dir / "mqar_accuracy.png",
