@@ -248,14 +248,20 @@ def headline(record: dict) -> str:
 
 # ---- report --------------------------------------------------------------------------------------
 
-def past_training(cfg: Config, record: dict, mode: str) -> float | None:
-    """Loss in the last bin minus the loss in the last bin within the training length (negative:
-    still falling past it)."""
-    bins, vals = record["position_bins"], record["positions"].get(mode)
-    if not vals:
-        return None
-    inside = [i for i, (lo, hi) in enumerate(bins) if hi - 1 <= cfg.train_len]
-    return vals[-1] - vals[inside[-1]] if inside else None
+def ranges(cfg: Config) -> list[tuple[int, int]]:
+    """Position ranges past the training length: [T, 4T), [4T, 16T), [16T, eval_len]."""
+    T, end = cfg.train_len, cfg.eval_len + 1
+    edges = sorted({min(e, end) for e in (T, 4 * T, 16 * T)} | {end})
+    return list(zip(edges, edges[1:]))
+
+
+def gain_over_reset(record: dict, mode: str, lo: int, hi: int) -> float | None:
+    """Mean over the position bins inside [lo, hi) of (loss reading on) - (loss reset every T):
+    what carrying the state changes on the same tokens (negative: it helps). The text itself
+    gets easier or harder along a walk; the difference cancels that."""
+    bins, vals, reset = record["position_bins"], record["positions"].get(mode), record["positions"]["reset"]
+    diffs = [v - r for (b0, b1), v, r in zip(bins, vals or [], reset) if b0 >= lo and b1 <= hi]
+    return sum(diffs) / len(diffs) if diffs else None
 
 
 def report(cfg: Config, records: list[dict], out: Path | None) -> str:
@@ -264,29 +270,36 @@ def report(cfg: Config, records: list[dict], out: Path | None) -> str:
              f"{cfg.train_len}, batch {cfg.batch_size}, {cfg.steps} steps, lr {cfg.lr}; d_model {cfg.d_model}, "
              f"{cfg.n_layers} layers; plasticlm with {cfg.design}. Held out: {cfg.eval_streams} walks of "
              f"{cfg.eval_len:,} bytes along SEE ALSO ({cfg.eval_factor} x the training length).", "",
-             "Change past the training length: loss (nats/byte) in the last bin minus the loss in the last bin "
-             "within the training length; negative means the loss still falls. Mean over seeds ± their "
-             "standard deviation.", "",
-             "Held-out bits/byte: the held-out streams read in blocks of the training length, each from an empty "
-             "state (the models as trained: H1's measure).", "",
-             "| model | params | reading | seeds | held-out bits/byte | change past training length |",
-             "|---|---:|---|---:|---:|---:|"]
+             "Reading on against reset: the loss (nats/byte) with the state carried (the Transformer: its "
+             "window) minus the loss with the state reset every training length, on the same tokens, mean "
+             "over the position bins of each range; negative means what was read before helps. Mean over "
+             "seeds ± their standard deviation.", "",
+             "Held-out bits/byte: the held-out streams read in blocks of the training length, each from an "
+             "empty state (the models as trained: H1's measure).", "",
+             "| model | params | reading | seeds | held-out bits/byte | " +
+             " | ".join(f"{lo:,}-{hi - 1:,}" for lo, hi in ranges(cfg)) + " |",
+             "|---|---:|---|---:|---:|" + "---:|" * len(ranges(cfg))]
     for m in cfg.models:
         rs = [r for r in recs if r["params"]["model"] == m]
-        for mode in (rs[0]["positions"] if rs else []):
-            change = [c for c in (past_training(cfg, r, mode) for r in rs) if c is not None]
-            bpb = mean_sd([r["held_out_bits_per_byte"] for r in rs])
-            lines.append(f"| {m} | {rs[0]['n_params']:,} | {mode} | {len(rs)} | {bpb} | "
-                         f"{mean_sd(change, signed=True) if change else '-'} |")
+        if not rs:
+            continue
+        bpb = mean_sd([r["held_out_bits_per_byte"] for r in rs])
+        for mode in (k for k in rs[0]["positions"] if k != "reset"):
+            cells = []
+            for lo, hi in ranges(cfg):
+                gains = [g for g in (gain_over_reset(r, mode, lo, hi) for r in rs) if g is not None]
+                cells.append(mean_sd(gains, signed=True) if gains else "-")
+            lines.append(f"| {m} | {rs[0]['n_params']:,} | {mode} - reset | {len(rs)} | {bpb} | " + " | ".join(cells) + " |")
     if recs:
-        bins = recs[0]["position_bins"]
+        full = [i for i, (lo, hi) in enumerate(recs[0]["position_bins"]) if hi - 1 <= cfg.eval_len]  # whole bins
+        bins = [recs[0]["position_bins"][i] for i in full]
         lines += ["", "### Loss (nats/byte) by position, every run", "",
                   "| model | seed | reading | " + " | ".join(f"{lo}-{hi - 1}" for lo, hi in bins) + " |",
                   "|---|---:|---|" + "---:|" * len(bins)]
         for r in recs:
             for mode, vals in r["positions"].items():
                 lines.append(f"| {r['params']['model']} | {r['params']['seed']} | {mode} | " + " | ".join(
-                    "-" if v is None or math.isnan(v) else f"{v:.3f}" for v in vals) + " |")
+                    "-" if vals[i] is None or math.isnan(vals[i]) else f"{vals[i]:.3f}" for i in full) + " |")
         lines += ["", f"Held-out walks start at: {', '.join(recs[0]['eval_roots'])}."]
     if out is not None and recs:
         lines += ["", plot(cfg, recs, out)]
@@ -301,9 +314,10 @@ def plot(cfg: Config, recs: list[dict], out: Path) -> str:
     colors = {m: f"C{i}" for i, m in enumerate(cfg.models)}
     for r in recs:
         m = r["params"]["model"]
-        mids = [(lo + hi) / 2 for lo, hi in r["position_bins"]]
+        full = [i for i, (lo, hi) in enumerate(r["position_bins"]) if hi - 1 <= cfg.eval_len]
+        mids = [sum(r["position_bins"][i]) / 2 for i in full]
         for mode, vals in r["positions"].items():
-            ax.plot(mids, vals, ls="-" if mode != "reset" else ":", marker=".", color=colors[m], alpha=0.8,
+            ax.plot(mids, [vals[i] for i in full], ls="-" if mode != "reset" else ":", marker=".", color=colors[m], alpha=0.8,
                     label=f"{m}, {mode}" if r["params"]["seed"] == recs[0]["params"]["seed"] else None)
     ax.axvline(cfg.train_len, color="gray", lw=0.8, ls="--")
     ax.annotate("training length", (cfg.train_len, 0.98), xycoords=("data", "axes fraction"), fontsize=7,
