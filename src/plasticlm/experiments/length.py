@@ -307,25 +307,37 @@ def report(cfg: Config, records: list[dict], out: Path | None) -> str:
 
 
 def plot(cfg: Config, recs: list[dict], out: Path) -> str:
+    """Left: loss by position, each reading. Right: reading on minus reset, bin by bin, past the
+    training length (each seed a line): the part of the left panel that is the model's."""
     from ..eval.results import legend, pyplot
 
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    fig, (ax, dx) = plt.subplots(1, 2, figsize=(12, 4.5))
     colors = {m: f"C{i}" for i, m in enumerate(cfg.models)}
     for r in recs:
-        m = r["params"]["model"]
-        full = [i for i, (lo, hi) in enumerate(r["position_bins"]) if hi - 1 <= cfg.eval_len]
-        mids = [sum(r["position_bins"][i]) / 2 for i in full]
+        m, first = r["params"]["model"], r["params"]["seed"] == recs[0]["params"]["seed"]
+        bins = r["position_bins"]
+        full = [i for i, (lo, hi) in enumerate(bins) if hi - 1 <= cfg.eval_len]
+        mids = [sum(bins[i]) / 2 for i in full]
+        reset = r["positions"]["reset"]
         for mode, vals in r["positions"].items():
-            ax.plot(mids, [vals[i] for i in full], ls="-" if mode != "reset" else ":", marker=".", color=colors[m], alpha=0.8,
-                    label=f"{m}, {mode}" if r["params"]["seed"] == recs[0]["params"]["seed"] else None)
+            ax.plot(mids, [vals[i] for i in full], ls="-" if mode != "reset" else ":", marker=".", color=colors[m],
+                    alpha=0.8, label=f"{m}, {mode}" if first else None)
+            if mode != "reset":
+                past = [i for i in full if bins[i][0] >= cfg.train_len]
+                dx.plot([sum(bins[i]) / 2 for i in past], [vals[i] - reset[i] for i in past], marker=".",
+                        color=colors[m], alpha=0.8, label=f"{m}, {mode} - reset" if first else None)
     ax.axvline(cfg.train_len, color="gray", lw=0.8, ls="--")
     ax.annotate("training length", (cfg.train_len, 0.98), xycoords=("data", "axes fraction"), fontsize=7,
                 color="gray", ha="right", va="top", rotation=90)
     ax.set(xscale="log", xlabel="position in the held-out stream (bytes)", ylabel="loss (nats/byte)",
-           title=f"Loss by position past the training length ({cfg.train_len})")
-    ax.grid(alpha=0.3)
-    legend(ax, fontsize=7)
+           title=f"Loss by position (training length {cfg.train_len})")
+    dx.axhline(0, color="gray", lw=0.8)
+    dx.set(xscale="log", xlabel="position in the held-out stream (bytes)", ylabel="loss difference (nats/byte)",
+           title="Reading on minus reset (below 0: what was read helps)")
+    for a in (ax, dx):
+        a.grid(alpha=0.3)
+        legend(a, fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "loss_by_position.png", dpi=110)
     plt.close(fig)
