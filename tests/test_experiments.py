@@ -150,6 +150,17 @@ def test_plasticity_arms_start_from_the_base_weights(tmp_path):
         plasticity.start_model(cfg, "plain", tmp_path / "other")
 
 
+def test_plasticity_arm_rebuilds_a_missing_base_where_it_looks_for_it(tmp_path):
+    """An arm whose base is gone (a cleared work folder) trains it again into the shared folder."""
+    from plasticlm.experiments import plasticity
+    from plasticlm.experiments.runner import Run
+
+    cfg = make_config("plasticity", True)
+    work = tmp_path / "work" / "plain_seed0"
+    record = plasticity.execute(cfg, Run("plain/seed0", {"arm": "plain", "seed": 0}), "cpu", work)
+    assert (plasticity.base_dir(work, 0) / "manifest.json").exists() and record["train"]["steps"] == cfg.stage_steps
+
+
 def test_bad_names_and_settings_are_one_clear_line(capsys):
     assert main(["experiment", "nosuch", "--quick"]) == 2
     assert "unknown experiment 'nosuch'; known: mqar" in capsys.readouterr().err

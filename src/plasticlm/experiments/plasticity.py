@@ -138,8 +138,10 @@ def execute(cfg: Config, run: Run, device: str, work: Path) -> dict:
                           batch_size=cfg.base_batch_size)
         steps = cfg.base_steps
     else:
-        if not (base / MANIFEST).exists():  # a cleared work folder: the same seed rebuilds it
-            execute(cfg, Run(f"base/seed{p['seed']}", {"arm": "base", "seed": p["seed"]}), device, work / "base")
+        if not (base / MANIFEST).exists():  # a cleared work folder: the same seed rebuilds it (in a
+            # sibling folder, so that it finds the same shared corpus and saves where `base` points)
+            execute(cfg, Run(f"base/seed{p['seed']}", {"arm": "base", "seed": p["seed"]}), device,
+                    work.parent / f"{work.name}-base")
         model, mcfg = start_model(cfg, p["arm"], base)
         data = data_config(cfg, source, "traditional" if p["arm"] == "plain" else "shuffled")
         steps = cfg.stage_steps
