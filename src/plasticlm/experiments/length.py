@@ -26,6 +26,7 @@ or read from ``graph`` (a ``graph.jsonl`` of ``plasticlm build-corpus``).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -95,14 +96,11 @@ def plan(cfg: Config) -> list[Run]:
 
 def model_spec(cfg: Config, name: str):
     arch, memory = MODELS[name]
-    design = dict(cfg.design)
-    if name != "gated_average":
-        design["bias_correction"] = False
     ref = ModelConfig(vocab_size=272, d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
                       memory="gated_average", **cfg.design)
     if arch == "plasticlm":
-        return arch, ModelConfig(vocab_size=272, d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
-                                 memory=memory, **design)
+        return arch, dataclasses.replace(ref, memory=memory,
+                                         bias_correction=ref.bias_correction and memory == "gated_average")
     if arch == "gla":
         return arch, archs.sized_like(arch, ref, short_conv=cfg.design.get("short_conv", 0))
     return arch, archs.sized_like(arch, ref)

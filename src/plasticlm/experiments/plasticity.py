@@ -35,6 +35,7 @@ import torch
 from ..config import ModelConfig
 from ..files import MANIFEST
 from .embeddings import data_config, loss_by_position, prepared_corpus
+from .reading import probe_last
 from .runner import Run, mean_sd
 
 RESUMES_RUNS = True  # runs train for tens of minutes: their trainer checkpoints let them resume
@@ -181,14 +182,6 @@ def fall(measure: dict) -> float | None:
     return loss[inside[-1]] - loss[inside[0]] if len(inside) >= 2 else None
 
 
-def _probe_last(pr: dict, probe: str, key: str) -> str:
-    vals = []
-    for c in ("model/stream", "model/shuffled", "untrained/stream"):
-        curve = pr.get(probe, {}).get(c)
-        vals.append(f"{curve[max(curve, key=int)][key]:.2f}" if curve else "-")
-    return " / ".join(vals)
-
-
 def report(cfg: Config, records: list[dict], out: Path | None) -> str:
     order = ["base", *cfg.arms]
     by = {a: sorted((r for r in records if r["params"]["arm"] == a), key=lambda r: r["params"]["seed"]) for a in order}
@@ -216,8 +209,8 @@ def report(cfg: Config, records: list[dict], out: Path | None) -> str:
     for a, rs in by.items():
         for r in rs:
             pr = r["probes"]
-            lines.append(f"| {a} | {r['params']['seed']} | {_probe_last(pr, 'drift', 'match_rate')} | "
-                         f"{_probe_last(pr, 'template', 'marker_rate')} | {_probe_last(pr, 'template', 'copy_rate')} |")
+            lines.append(f"| {a} | {r['params']['seed']} | {probe_last(pr, 'drift', 'match_rate')} | "
+                         f"{probe_last(pr, 'template', 'marker_rate')} | {probe_last(pr, 'template', 'copy_rate')} |")
     if out is not None and records:
         lines += ["", plot(by, out)]
     return "\n".join(lines) + "\n"

@@ -185,6 +185,18 @@ def probe_curves(cfg, lm, arch: str, mcfg, seed: int, device: str, work: Path, p
             for k in pcfg.probes}
 
 
+def probe_last(pr: dict, probe: str, key: str) -> str:
+    """``key`` after the most reading of one probe, as 'model / shuffled control / untrained'
+    ('-' for a probe not run)."""
+    if probe not in pr:
+        return "-"
+    vals = []
+    for c in ("model/stream", "model/shuffled", "untrained/stream"):
+        curve = pr[probe].get(c)
+        vals.append(f"{curve[max(curve, key=int)][key]:.2f}" if curve else "-")
+    return " / ".join(vals)
+
+
 def headline(record: dict) -> str:
     ind = record["induction"]
     L = max(ind, key=int)
@@ -225,17 +237,9 @@ def report(cfg: Config, records: list[dict], out: Path | None) -> str:
         for r in recs:
             pr = r["probes"]
 
-            def last(probe, key):
-                if probe not in pr:
-                    return "-"
-                vals = []
-                for c in ("model/stream", "model/shuffled", "untrained/stream"):
-                    curve = pr[probe].get(c)
-                    vals.append(f"{curve[max(curve, key=int)][key]:.2f}" if curve else "-")
-                return " / ".join(vals)
-
-            lines.append(f"| {r['params']['model']} | {last('drift', 'match_rate')} | {last('template', 'marker_rate')}"
-                         f" | {last('template', 'copy_rate')} | {last('template', 'rest_match_rate')} |")
+            lines.append(f"| {r['params']['model']} | {probe_last(pr, 'drift', 'match_rate')} | "
+                         f"{probe_last(pr, 'template', 'marker_rate')} | {probe_last(pr, 'template', 'copy_rate')} | "
+                         f"{probe_last(pr, 'template', 'rest_match_rate')} |")
     if out is not None and recs:
         lines += ["", *plots(cfg, recs, out)]
     return "\n".join(lines) + "\n"
