@@ -1,12 +1,9 @@
 """Gradient-length proxy vs the real gradient: how much gradient reaches each lag?
 
-The proxy (DESIGN 3, ``plasticlm.trainer.losses``) predicts from the gates alone that the
-memory path carries a fraction a_c^k of the gradient of channel c back k tokens, with a_c the
-geometric-mean gate on a probe. This script measures the real thing on probe sequences:
-|dL_t / dx_{t-k}|, the norm of the gradient of the loss at the last positions t with respect to
-the input embedding k tokens earlier (all paths: memory, feed-forward, output), averaged over
-probes, and compares its distribution over the lag bands with the proxy's, and the two curves
-against lag, for a model at initialisation and after training.
+The proxy (DESIGN 3, ``plasticlm.trainer.losses``) predicts from the gates alone how much
+gradient the memory path carries back k tokens; ``plasticlm.eval.gradient_lag`` measures the
+real |dL_t / dx_{t-k}| on probe sequences. This script compares the two, by lag band and as
+curves against lag, for a checkpoint's model at initialisation and after training.
 
     python benchmarks/gradient_lag.py --checkpoint runs/tiny --out benchmarks/results
 """
@@ -25,64 +22,8 @@ import torch
 from plasticlm import ModelConfig, PlasticLM
 from plasticlm.checkpoint import load_model
 from plasticlm.data.builtin import builtin_corpus
-from plasticlm.trainer.losses import band_edges, retention_mass
-
-
-def measured_gradient(model, probes: torch.Tensor, last: int) -> torch.Tensor:
-    """Mean over probes of |dL/dx_{t-k}| for k = 0..T-1, L the summed loss of the last ``last`` positions."""
-    B, T = probes.shape
-    grads = torch.zeros(T, dtype=torch.float64)
-    emb = {}
-
-    def keep(module, inp, out):
-        out.retain_grad()
-        emb["x"] = out
-
-    hook = model.embed.register_forward_hook(keep)
-    try:
-        for row in probes:
-            model.zero_grad(set_to_none=True)
-            logits, _ = model(row[None, :-1])
-            loss = torch.nn.functional.cross_entropy(logits[0, -last:].float(), row[-last:], reduction="sum")
-            loss.backward()
-            g = emb["x"].grad[0].norm(dim=-1).double()  # (T-1,) one norm per input position
-            grads[: T - 1] += g.flip(0)  # index k = lag from the last position
-    finally:
-        hook.remove()
-    return grads[: T - 1] / B
-
-
-def proxy_curve(model, probes: torch.Tensor, T: int, weighted: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Sum over channels (mean over layers) of w_c a_c^k for k = 0..T-1, and the gates per layer;
-    w_c = 1 - a_c (write weight of the gated average) or 1."""
-    with torch.no_grad():
-        gates = model.gates(probes[:, :-1])
-    k = torch.arange(T, dtype=torch.float64)
-    curves = []
-    for g in gates:
-        la = g.double().mean(dim=(0, 1)).reshape(-1, 1)  # (channels, 1) log geometric-mean gate
-        w = -torch.expm1(la) if weighted else torch.ones_like(la)
-        curves.append((w * torch.exp(la * k)).sum(0))
-    return torch.stack(curves).mean(0), gates
-
-
-def band_shares(curve: torch.Tensor, edges) -> list[float]:
-    m = torch.stack([curve[k0:k1].sum() for k0, k1 in edges])
-    return (m / m.sum()).tolist()
-
-
-def measure(model, probes, edges, last):
-    T = probes.shape[1] - 1
-    real = measured_gradient(model, probes, last)
-    proxy, gates = proxy_curve(model, probes, T, weighted=True)
-    flat, _ = proxy_curve(model, probes, T, weighted=False)
-    cut = [(k0, min(k1, T)) for k0, k1 in edges]
-    corr = torch.corrcoef(torch.stack([real[1:].log(), proxy[1:T].log()]))[0, 1].item()
-    return {"real_by_lag": real.tolist(), "proxy_by_lag": proxy[:T].tolist(), "unweighted_by_lag": flat[:T].tolist(),
-            "real_band_shares": band_shares(real, cut), "proxy_band_shares": band_shares(proxy, cut),
-            "unweighted_band_shares": band_shares(flat, cut),
-            "proxy_band_shares_per_layer": [retention_mass(g, edges).tolist() for g in gates],
-            "log_log_correlation": corr}
+from plasticlm.eval.gradient_lag import measure
+from plasticlm.trainer.losses import band_edges
 
 
 def main():

@@ -29,8 +29,8 @@ HAS_MAN_PAGES = bool(shutil.which("groff") and shutil.which("col") and Path("/us
 
 @pytest.mark.parametrize("name", list(EXPERIMENTS))
 def test_quick_form_runs_writes_results_and_resumes(name, tmp_path, capsys):
-    if name == "length" and not HAS_MAN_PAGES:
-        pytest.skip("the length experiment builds its corpus from man pages with groff")
+    if name in ("length", "proxy") and not HAS_MAN_PAGES:
+        pytest.skip(f"the {name} experiment builds its corpus from man pages with groff")
     out = tmp_path / name
     assert main(["experiment", name, "--quick", "--out", str(out), "--no-progress"]) == 0
     doc = json.loads((out / "results.json").read_text())
@@ -107,6 +107,48 @@ def test_length_holds_out_every_page_of_its_evaluation_walks(tmp_path):
         length.split_corpus(make_config("length", True, ["eval_streams=50", "eval_factor=64"]), tmp_path / "work")
 
 
+@pytest.mark.skipif(not HAS_MAN_PAGES, reason="the proxy experiment builds its corpus from man pages with groff")
+def test_proxy_arm_trains_with_the_penalty_and_the_plain_arm_only_logs_it(tmp_path):
+    out = tmp_path / "proxy"
+    run_experiment("proxy", quick=True, out=out, progress=False)
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    plain, proxy = runs["gated_average/seed0"], runs["gated_average-proxy/seed0"]
+    for r in (plain, proxy):  # both logged the retention mass the penalty is computed from
+        assert r["retention_logged"] and "retention/L0/band0" in r["retention_logged"][-1]
+        assert r["gradient_lag"]["edges"] == [[1, 11], [11, 65], [65, 128]]
+        assert sum(r["gradient_lag"]["real_band_shares"]) == pytest.approx(1)
+    # same seed and batches: only the penalty's gradient can make the two models differ
+    assert plain["positions"]["carried"] != proxy["positions"]["carried"]
+
+
+def test_measured_gradient_is_the_embedding_gradient_by_lag():
+    """Lag k of the measurement is |dL/dx_(T-1-k)| for the loss at the last position, computed
+    here independently through a leaf embedding tensor."""
+    import torch
+
+    from plasticlm import ModelConfig, PlasticLM
+    from plasticlm.eval.gradient_lag import measured_gradient
+
+    torch.manual_seed(0)
+    model = PlasticLM(ModelConfig(vocab_size=40, d_model=16, n_layers=2, n_heads=2, chunk_size=8))
+    probes = torch.randint(0, 40, (2, 25))
+    got = measured_gradient(model, probes, last=1)
+    want = torch.zeros(24, dtype=torch.float64)
+    for row in probes:
+        x = model.embed(row[None, :-1]).detach().requires_grad_()
+        embed = model.embed
+        model.embed = type("Fixed", (torch.nn.Module,), {"forward": lambda self, t: x})()
+        model.embed.weight = embed.weight
+        try:
+            logits, _ = model(row[None, :-1])
+        finally:
+            model.embed = embed
+        torch.nn.functional.cross_entropy(logits[0, -1:], row[-1:]).backward()
+        want += x.grad[0].norm(dim=-1).double().flip(0)
+    assert torch.allclose(got, want / 2, rtol=1e-5)
+    assert got[0] > 0 and got[-1] > 0  # the last position reads its own input and the first
+
+
 def test_shared_builds_take_turns(tmp_path):
     """files.locked: while one process holds the lock, another cannot take it (so two parallel runs
     never build one shared corpus at once); it is free again after the block."""
@@ -148,6 +190,24 @@ def test_plasticity_arms_start_from_the_base_weights(tmp_path):
     save_model(tmp_path / "other", other, ByteTokenizer())
     with pytest.raises(RuntimeError, match="does not fit the plain model"):
         plasticity.start_model(cfg, "plain", tmp_path / "other")
+
+
+def test_plasticity_plain_text_is_long_documents_not_paragraphs(tmp_path):
+    """The base and the plain arm read pieces of the sequence length: the corpus's documents are
+    runs of paragraphs of at least doc_bytes (single paragraphs, ~150 bytes, made every plain
+    sequence one paragraph)."""
+    from plasticlm.data.shards import TokenShard
+    from plasticlm.experiments import plasticity
+    from plasticlm.trainer.config import DataConfig
+    from plasticlm.trainer.stream_kinds import build_stream
+
+    cfg = make_config("plasticity", True, ["doc_bytes=2048"])
+    source = plasticity.prepared_corpus(cfg, tmp_path / "work")
+    lengths = [n for split in ("train", "valid", "holdout") for n in TokenShard(source, split).lengths.tolist()]
+    assert sum(n < 2048 for n in lengths) <= 1 and len(lengths) > 100  # only the corpus's last run is short
+    stream = build_stream(DataConfig(kind="traditional", source=str(source), seq_len=1024, batch_size=8))
+    pieces = stream.pieces[:, 2]  # tokens of each sequence (a document's last piece is its tail)
+    assert pieces[pieces == 1025].sum() / pieces.sum() > 0.9
 
 
 def test_plasticity_arm_rebuilds_a_missing_base_where_it_looks_for_it(tmp_path):

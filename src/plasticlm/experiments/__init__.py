@@ -16,6 +16,7 @@ EXPERIMENTS = {
     "embeddings": "plasticlm.experiments.embeddings",
     "length": "plasticlm.experiments.length",
     "plasticity": "plasticlm.experiments.plasticity",
+    "proxy": "plasticlm.experiments.proxy",
 }
 
 __all__ = ["EXPERIMENTS", "Run", "make_config", "run_experiment"]

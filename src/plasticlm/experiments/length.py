@@ -198,9 +198,11 @@ def write_training_corpus(docs, held_ids: set[str], out: Path) -> None:
 
 # ---- one run -------------------------------------------------------------------------------------
 
-def execute(cfg: Config, run: Run, device: str, work: Path) -> dict:
+def execute(cfg: Config, run: Run, device: str, work: Path, loss=None, measure=None) -> dict:
+    """Train one model and read the held-out streams. ``loss``: the trainer's LossConfig (the proxy
+    experiment's); ``measure(model, streams) -> dict``: more measurements of the trained model."""
     from ..eval.common import log_bins
-    from ..trainer.config import CheckpointConfig, DataConfig, LogConfig, OptimConfig, TrainConfig
+    from ..trainer.config import CheckpointConfig, DataConfig, LogConfig, LossConfig, OptimConfig, TrainConfig
     from ..trainer.loop import Trainer
     from ..trainer.metrics import read_metrics
     from .reading import loss_by_position
@@ -212,7 +214,7 @@ def execute(cfg: Config, run: Run, device: str, work: Path) -> dict:
         arch=arch, model=mcfg, seed=p["seed"], device=device, out_dir=str(work / "train"), steps=cfg.steps,
         segment_len=cfg.segment_len, backprop="segment" if archs.get(arch).segment else "full",
         data=DataConfig(kind="traditional", source=str(source), seq_len=cfg.train_len, batch_size=cfg.batch_size),
-        optim=OptimConfig(lr=cfg.lr, warmup_steps=cfg.warmup_steps),
+        optim=OptimConfig(lr=cfg.lr, warmup_steps=cfg.warmup_steps), loss=loss or LossConfig(),
         checkpoint=CheckpointConfig(every=max(1, cfg.steps // 6)),
         log=LogConfig(every=10, tensorboard="disabled", eval_every=max(1, cfg.steps // 6)),
         eval_tokens=cfg.batch_size * cfg.train_len)
@@ -230,7 +232,8 @@ def execute(cfg: Config, run: Run, device: str, work: Path) -> dict:
     weights = [min(hi, cfg.eval_len + 1) - lo for lo, hi in bins]  # tokens in each bin
     held_out = sum(w * v for w, v in zip(weights, positions["reset"])) / sum(weights) / math.log(2)
     metrics = read_metrics(work / "train")
-    return {"arch": arch, "model_config": mcfg.to_dict(), "n_params": summary["params"],
+    extra = measure(model, streams) if measure is not None else {}
+    return {**extra, "arch": arch, "model_config": mcfg.to_dict(), "n_params": summary["params"],
             "train": {k: summary[k] for k in ("steps", "tokens", "seconds", "tok_s", "valid_loss",
                                                "valid_bits_per_byte")},
             "train_loss": [(r["step"], r["loss"]) for r in metrics if r.get("loss") is not None],

@@ -3,7 +3,7 @@
 The RQ6 experiment (``embeddings``) trains from scratch on shuffled text only, and at a CPU
 budget neither model learns even plain bytes there (4.5 nats/byte). The design's curriculum
 puts the shuffled task after plain text, so this one does: per seed, a **base** model trained on
-plain bytes of the builtin corpus (sequences of ``base_seq_len``), then three arms from those
+plain bytes of the builtin corpus (pieces of ``base_seq_len``), then three arms from those
 same weights, each ``stage_steps`` more updates on the same number of tokens:
 
 - **plain**: more plain text (H3's control: what the extra tokens give without the task);
@@ -11,6 +11,10 @@ same weights, each ``stage_steps`` more updates on the same number of tokens:
   exact segment BPTT through it), the tied embedding table as trained;
 - **shuffled-mutable**: the same task with ``embeddings: mutable`` (RQ6): the base's weights, and
   the per-sequence table's own parameters at their initialisation.
+
+The corpus is the builtin text cut into documents of consecutive paragraphs of at least
+``doc_bytes`` (:func:`prepared_corpus`), split once: plain training reads the train split, the
+shuffled task the holdout split, and every measurement the valid split.
 
 Measured for the base and every arm, on held-out text (the corpus's valid split):
 
@@ -26,6 +30,7 @@ curve further.
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +39,7 @@ import torch
 
 from ..config import ModelConfig
 from ..files import MANIFEST
-from .embeddings import data_config, loss_by_position, prepared_corpus
+from .embeddings import data_config, loss_by_position
 from .reading import probe_last
 from .runner import Run, mean_sd
 
@@ -57,6 +62,9 @@ class Config:
     arms: list[str] = field(default_factory=lambda: list(ARMS))
     stage_steps: int = 150
     seq_len: int = 4096
+    doc_bytes: int = 4096
+    """Documents are runs of consecutive paragraphs of at least this many bytes. Single paragraphs
+    (~150 bytes) would make every plain sequence a paragraph: the base would never read past one."""
     """Longest stage sequence (header + text), also of the held-out measures."""
     min_tokens: int = 3500
     rosetta: int = 60
@@ -80,7 +88,7 @@ class Config:
         return cls(d_model=32, n_layers=1, n_heads=2, base_steps=2, base_seq_len=128, base_batch_size=2,
                    stage_steps=2, seq_len=256, min_tokens=150, rosetta=8, rosetta_top=40, pool=20, batch_size=2,
                    warmup_steps=1, segment_len=64, eval_sequences=2, probe_dialogues=2, probe_occurrences=2,
-                   probe_held_out=2, seeds=[0])
+                   probe_held_out=2, doc_bytes=300, seeds=[0])
 
     def __post_init__(self) -> None:
         bad = sorted(set(self.arms) - set(ARMS))
@@ -99,6 +107,36 @@ def plan(cfg: Config) -> list[Run]:
 def model_config(cfg: Config, arm: str) -> ModelConfig:
     return ModelConfig(vocab_size=272, d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
                        embeddings="mutable" if arm == "shuffled-mutable" else "parameter", **cfg.design)
+
+
+def prepared_corpus(cfg: Config, work: Path) -> Path:
+    """The builtin corpus as documents of consecutive paragraphs (at least ``doc_bytes`` each),
+    byte-tokenized and split by ``plasticlm prepare`` once for every run."""
+    from ..data.builtin import builtin_corpus
+    from ..data.shards import prepare
+    from ..files import atomic_write, locked
+    from ..tokenizer import ByteTokenizer
+
+    out = work.parent / "shared" / f"builtin-docs-{cfg.doc_bytes}"
+    with locked(out.parent / (out.name + ".lock")):  # parallel runs prepare it once
+        if not (out / "meta.json").exists():
+            docs, run, size = [], [], 0
+            for para in (p.strip("\n") for p in builtin_corpus().split("\n\n") if p.strip()):
+                size += len(para.encode()) + (2 if run else 0)  # the blank line between paragraphs
+                run.append(para)
+                if size >= cfg.doc_bytes:
+                    docs.append("\n\n".join(run))
+                    run, size = [], 0
+            if run:
+                docs.append("\n\n".join(run))
+            src = out.parent / (out.name + "-src")
+            src.mkdir(parents=True, exist_ok=True)
+            atomic_write(src / "builtin.jsonl", lambda tmp: Path(tmp).write_text("".join(
+                json.dumps({"id": f"builtin-{i}", "text": d}) + "\n" for i, d in enumerate(docs))))
+            ByteTokenizer().save(src / "tokenizer.json")
+            prepare(str(src / "builtin.jsonl"), out, tokenizer=str(src / "tokenizer.json"),
+                    fractions=dict(cfg.fractions), progress=False)
+    return out
 
 
 def base_dir(work: Path, seed: int) -> Path:
