@@ -4,6 +4,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from plasticlm.cli import main
@@ -193,21 +194,22 @@ def test_plasticity_arms_start_from_the_base_weights(tmp_path):
 
 
 def test_plasticity_plain_text_is_long_documents_not_paragraphs(tmp_path):
-    """The base and the plain arm read pieces of the sequence length: the corpus's documents are
-    runs of paragraphs of at least doc_bytes (single paragraphs, ~150 bytes, made every plain
-    sequence one paragraph)."""
-    from plasticlm.data.shards import TokenShard
+    """The base and the plain arm read rows of about their sequence length: the corpus's documents
+    are runs of paragraphs of at most doc_bytes, just under a row (single paragraphs, ~150 bytes,
+    made every plain row one paragraph; documents just over a row left a short tail row each)."""
     from plasticlm.experiments import plasticity
     from plasticlm.trainer.config import DataConfig
     from plasticlm.trainer.stream_kinds import build_stream
 
-    cfg = make_config("plasticity", True, ["doc_bytes=2048"])
+    cfg = make_config("plasticity", True, ["doc_bytes=2000", "seq_len=2048"])
     source = plasticity.prepared_corpus(cfg, tmp_path / "work")
-    lengths = [n for split in ("train", "valid", "holdout") for n in TokenShard(source, split).lengths.tolist()]
-    assert sum(n < 2048 for n in lengths) <= 1 and len(lengths) > 100  # only the corpus's last run is short
-    stream = build_stream(DataConfig(kind="traditional", source=str(source), seq_len=1024, batch_size=8))
-    pieces = stream.pieces[:, 2]  # tokens of each sequence (a document's last piece is its tail)
-    assert pieces[pieces == 1025].sum() / pieces.sum() > 0.9
+    rows = build_stream(DataConfig(kind="traditional", source=str(source), seq_len=2048, batch_size=8)).pieces
+    assert len(rows) > 200 and (rows[:, 1] == 0).mean() > 0.95  # one row per document: no tails
+    assert np.median(rows[:, 2]) > 1800  # and nearly full
+    base = build_stream(DataConfig(kind="traditional", source=str(source), seq_len=512, batch_size=8)).pieces[:, 2]
+    assert base[base == 513].sum() / base.sum() > 0.7  # the base's pieces: mostly whole
+    with pytest.raises(ValueError, match="doc_bytes=2047 must be in"):
+        make_config("plasticity", True, ["doc_bytes=2047", "seq_len=2048"])
 
 
 def test_plasticity_arm_rebuilds_a_missing_base_where_it_looks_for_it(tmp_path):

@@ -12,7 +12,7 @@ same weights, each ``stage_steps`` more updates on the same number of tokens:
 - **shuffled-mutable**: the same task with ``embeddings: mutable`` (RQ6): the base's weights, and
   the per-sequence table's own parameters at their initialisation.
 
-The corpus is the builtin text cut into documents of consecutive paragraphs of at least
+The corpus is the builtin text cut into documents of consecutive paragraphs of at most
 ``doc_bytes`` (:func:`prepared_corpus`), split once: plain training reads the train split, the
 shuffled task the holdout split, and every measurement the valid split.
 
@@ -62,9 +62,11 @@ class Config:
     arms: list[str] = field(default_factory=lambda: list(ARMS))
     stage_steps: int = 150
     seq_len: int = 4096
-    doc_bytes: int = 4096
-    """Documents are runs of consecutive paragraphs of at least this many bytes. Single paragraphs
-    (~150 bytes) would make every plain sequence a paragraph: the base would never read past one."""
+    doc_bytes: int = 4000
+    """Documents are runs of consecutive paragraphs of at most this many bytes (a longer paragraph
+    alone). Single paragraphs (~150 bytes) made every plain sequence a paragraph; documents just
+    under seq_len - 2 ([BOS], [EOS]) fill the plain arm's rows without a short tail each, and
+    reach the shuffled task's min_tokens alone."""
     """Longest stage sequence (header + text), also of the held-out measures."""
     min_tokens: int = 3500
     rosetta: int = 60
@@ -88,12 +90,15 @@ class Config:
         return cls(d_model=32, n_layers=1, n_heads=2, base_steps=2, base_seq_len=128, base_batch_size=2,
                    stage_steps=2, seq_len=256, min_tokens=150, rosetta=8, rosetta_top=40, pool=20, batch_size=2,
                    warmup_steps=1, segment_len=64, eval_sequences=2, probe_dialogues=2, probe_occurrences=2,
-                   probe_held_out=2, doc_bytes=300, seeds=[0])
+                   probe_held_out=2, doc_bytes=250, seeds=[0])
 
     def __post_init__(self) -> None:
         bad = sorted(set(self.arms) - set(ARMS))
         if bad:
             raise ValueError(f"plasticity experiment: unknown arms {bad}; known: {ARMS}")
+        if not 0 < self.doc_bytes <= self.seq_len - 2:
+            raise ValueError(f"plasticity experiment: doc_bytes={self.doc_bytes} must be in [1, seq_len - 2 = "
+                             f"{self.seq_len - 2}], so that a plain document with [BOS] and [EOS] fills at most one row")
 
 
 def plan(cfg: Config) -> list[Run]:
@@ -110,7 +115,7 @@ def model_config(cfg: Config, arm: str) -> ModelConfig:
 
 
 def prepared_corpus(cfg: Config, work: Path) -> Path:
-    """The builtin corpus as documents of consecutive paragraphs (at least ``doc_bytes`` each),
+    """The builtin corpus as documents of consecutive paragraphs (at most ``doc_bytes`` each),
     byte-tokenized and split by ``plasticlm prepare`` once for every run."""
     from ..data.builtin import builtin_corpus
     from ..data.shards import prepare
@@ -122,11 +127,12 @@ def prepared_corpus(cfg: Config, work: Path) -> Path:
         if not (out / "meta.json").exists():
             docs, run, size = [], [], 0
             for para in (p.strip("\n") for p in builtin_corpus().split("\n\n") if p.strip()):
-                size += len(para.encode()) + (2 if run else 0)  # the blank line between paragraphs
-                run.append(para)
-                if size >= cfg.doc_bytes:
+                n = len(para.encode())
+                if run and size + 2 + n > cfg.doc_bytes:  # 2: the blank line between paragraphs
                     docs.append("\n\n".join(run))
                     run, size = [], 0
+                size += n + (2 if run else 0)
+                run.append(para)
             if run:
                 docs.append("\n\n".join(run))
             src = out.parent / (out.name + "-src")
