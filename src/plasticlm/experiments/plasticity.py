@@ -58,16 +58,16 @@ class Config:
     base_steps: int = 600
     base_seq_len: int = 1024
     base_batch_size: int = 8
-    """The base: plain bytes, as E3's plasticlm (4.9M tokens at these settings)."""
+    """The base: plain bytes, as E3's plasticlm (4.58M tokens at these settings: each document's last piece is shorter)."""
     arms: list[str] = field(default_factory=lambda: list(ARMS))
     stage_steps: int = 150
     seq_len: int = 4096
+    """Longest stage sequence (header + text), also of the held-out measures."""
     doc_bytes: int = 4000
     """Documents are runs of consecutive paragraphs of at most this many bytes (a longer paragraph
     alone). Single paragraphs (~150 bytes) made every plain sequence a paragraph; documents just
     under seq_len - 2 ([BOS], [EOS]) fill the plain arm's rows without a short tail each, and
     reach the shuffled task's min_tokens alone."""
-    """Longest stage sequence (header + text), also of the held-out measures."""
     min_tokens: int = 3500
     rosetta: int = 60
     rosetta_top: int = 200
