@@ -58,7 +58,8 @@ class Config:
     base_steps: int = 600
     base_seq_len: int = 1024
     base_batch_size: int = 8
-    """The base: plain bytes, as E3's plasticlm (4.58M tokens at these settings: each document's last piece is shorter)."""
+    """The base: plain bytes, as E3's plasticlm (4.58M tokens at these settings: each document's
+    last piece is shorter)."""
     arms: list[str] = field(default_factory=lambda: list(ARMS))
     stage_steps: int = 150
     seq_len: int = 4096
