@@ -212,6 +212,16 @@ def test_plasticity_plain_text_is_long_documents_not_paragraphs(tmp_path):
         make_config("plasticity", True, ["doc_bytes=2047", "seq_len=2048"])
 
 
+def test_plasticity_fall_leaves_out_the_bin_past_the_sequence():
+    """log bins of T end with [T, 2T), which holds position T alone: one token a row, not a loss
+    to compare (it made a first report's 'fall with reading' -2.1 nats from one position)."""
+    from plasticlm.experiments.plasticity import fall
+
+    measure = {"bins": [[1, 2], [2, 4], [4, 8], [8, 16]], "loss": [None, 5.0, 4.0, 1.0], "text_starts": [1]}
+    assert fall(measure, 8) == -1.0
+    assert fall(measure, 15) == -4.0  # a sequence of 15 holds the last bin whole
+
+
 def test_plasticity_arm_rebuilds_a_missing_base_where_it_looks_for_it(tmp_path):
     """An arm whose base is gone (a cleared work folder) trains it again into the shared folder."""
     from plasticlm.experiments import plasticity

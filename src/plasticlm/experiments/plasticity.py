@@ -218,12 +218,18 @@ def headline(record: dict) -> str:
 
 # ---- report --------------------------------------------------------------------------------------
 
-def fall(measure: dict) -> float | None:
-    """Loss in the last position bin minus the loss in the first bin after the header's end (the
-    first bin with text in every row): how much reading the text lowered the loss."""
-    bins, loss = measure["bins"], measure["loss"]
+def whole_bins(measure: dict, seq_len: int) -> list[int]:
+    """The position bins that lie inside the sequence: the last log bin [T, 2T) holds position T
+    alone, one token per row, too few to read a loss from."""
+    return [i for i, (lo, hi) in enumerate(measure["bins"]) if hi - 1 <= seq_len]
+
+
+def fall(measure: dict, seq_len: int) -> float | None:
+    """Loss in the last whole position bin minus the loss in the first bin after the header's end
+    (the first bin with text in every row): how much reading the text lowered the loss."""
+    loss = measure["loss"]
     start = max(measure["text_starts"] or [0])
-    inside = [i for i, (lo, hi) in enumerate(bins) if lo > start and loss[i] is not None]
+    inside = [i for i in whole_bins(measure, seq_len) if measure["bins"][i][0] > start and loss[i] is not None]
     return loss[inside[-1]] - loss[inside[0]] if len(inside) >= 2 else None
 
 
@@ -245,7 +251,7 @@ def report(cfg: Config, records: list[dict], out: Path | None) -> str:
             continue
         cells = []
         for measure in ("shuffled", "plain"):
-            falls = [f for f in (fall(r[measure]) for r in rs) if f is not None]
+            falls = [f for f in (fall(r[measure], cfg.seq_len) for r in rs) if f is not None]
             cells += [mean_sd([r[measure]["mean"] for r in rs]), mean_sd(falls, signed=True) if falls else "-"]
         lines.append(f"| {a} | {len(rs)} | {rs[0]['n_params']:,} | " + " | ".join(cells) + " |")
     lines += ["", "### Probes after the most reading (model / shuffled control / untrained), each seed", "",
@@ -257,11 +263,11 @@ def report(cfg: Config, records: list[dict], out: Path | None) -> str:
             lines.append(f"| {a} | {r['params']['seed']} | {probe_last(pr, 'drift', 'match_rate')} | "
                          f"{probe_last(pr, 'template', 'marker_rate')} | {probe_last(pr, 'template', 'copy_rate')} |")
     if out is not None and records:
-        lines += ["", plot(by, out)]
+        lines += ["", plot(by, cfg.seq_len, out)]
     return "\n".join(lines) + "\n"
 
 
-def plot(by: dict, out: Path) -> str:
+def plot(by: dict, seq_len: int, out: Path) -> str:
     from ..eval.results import legend, pyplot
 
     plt = pyplot()
@@ -269,9 +275,11 @@ def plot(by: dict, out: Path) -> str:
     for ax, measure in zip(axes, ("shuffled", "plain")):
         for i, (a, rs) in enumerate(by.items()):
             for r in rs:
-                mids = [(lo + hi) / 2 for lo, hi in r[measure]["bins"]]
-                ax.plot(mids, [math.nan if v is None else v for v in r[measure]["loss"]], marker=".", color=f"C{i}",
-                        alpha=0.8, label=a if r is rs[0] else None)
+                m = r[measure]
+                keep = whole_bins(m, seq_len)
+                ax.plot([sum(m["bins"][j]) / 2 for j in keep], [math.nan if m["loss"][j] is None else m["loss"][j]
+                                                                for j in keep],
+                        marker=".", color=f"C{i}", alpha=0.8, label=a if r is rs[0] else None)
         ax.set(xscale="log", xlabel="position in the sequence", ylabel="loss (nats/byte)",
                title="one-shot: held-out text in fresh languages" if measure == "shuffled" else "plain held-out text")
         ax.grid(alpha=0.3)
