@@ -66,7 +66,8 @@ def plan(cfg: Config) -> list[Run]:
 
 
 def lag_edges(cfg: Config) -> list[tuple[int, int]]:
-    """The measurement's bands: the training bands' short edge, then up to T, then up to lag_len."""
+    """The measurement's bands: lags 1-10 (the convolution's reach and just past it), then up to
+    the training length, then up to lag_len."""
     from ..trainer.losses import band_edges
 
     return band_edges(cfg.lag_len, sorted({10 / cfg.lag_len, cfg.train_len / cfg.lag_len, 1.0}))
