@@ -17,6 +17,7 @@ from plasticlm.data.offline import (
     is_english,
     list_pages,
     parse_mo,
+    render_all,
     resolve_refs,
 )
 
@@ -142,6 +143,23 @@ Ein zweiter Absatz von foo erklärt die Optionen mit mehr Wörtern, als es der e
 .SH ÜBERSETZUNG
 Die deutsche Übersetzung dieser Handbuchseite wurde von einem Menschen erstellt und ist frei.
 """
+
+
+def _render_in_worker(pages):
+    return render_all(pages, 2, "render", False, SkipLog())
+
+
+@needs_groff
+def test_pages_render_inside_a_daemonic_pool_worker(tmp_path):
+    """`plasticlm experiment length --jobs 2` builds its corpus in a pool worker, which may not
+    start a pool of its own: it renders in its own process, with the same result."""
+    import multiprocessing
+
+    man_tree(tmp_path / "man")
+    pages = {p.name: p for p in (tmp_path / "man" / "man1").glob("*.1*") if not p.is_symlink()}
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        got = pool.apply(_render_in_worker, (pages,))
+    assert got and got == render_all(pages, 1, "render", False, SkipLog())
 
 
 @needs_groff

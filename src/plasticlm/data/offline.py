@@ -27,6 +27,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import multiprocessing
 import os
 import re
 import shutil
@@ -212,14 +213,20 @@ def resolve_refs(refs, pages: dict[str, Path], aliases: dict[str, str]) -> tuple
 def render_all(pages: dict[str, Path], workers: int, desc: str, progress: bool, skips: SkipLog):
     ids = list(pages)
     results = {}
-    with Pool(workers or os.cpu_count() or 1) as pool:
-        it = pool.imap(_render_clean, [str(pages[i]) for i in ids], chunksize=8)
+    paths = [str(pages[i]) for i in ids]
+    # A daemonic process (a worker of `plasticlm experiment --jobs N`) may not start a pool: render here.
+    pool = None if multiprocessing.current_process().daemon else Pool(workers or os.cpu_count() or 1)
+    try:
+        it = pool.imap(_render_clean, paths, chunksize=8) if pool else map(_render_clean, paths)
         for pid, (paras, refs, err) in tqdm(zip(ids, it), total=len(ids), desc=desc, unit="page",
                                             disable=not progress, dynamic_ncols=True):
             if err:
                 skips.skip("page failed to render", f"{pages[pid]} ({err})")
             else:
                 results[pid] = (paras, refs)
+    finally:
+        if pool is not None:
+            pool.terminate()
     return results
 
 
