@@ -27,7 +27,6 @@ or read from ``graph`` (a ``graph.jsonl`` of ``plasticlm build-corpus``).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import random
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ import torch
 
 from .. import archs
 from ..config import ModelConfig
-from .runner import Run, mean_sd
+from .runner import Run, mean_sd, prepare_byte_documents
 
 RESUMES_RUNS = True  # a run trains for tens of minutes: its trainer checkpoints let it resume mid-run
 QUESTION = ("Past the length it was trained on, does the gated average's loss keep falling on long held-out text, "
@@ -183,24 +182,16 @@ def split_corpus(cfg: Config, work: Path) -> tuple[Path, torch.Tensor, list[str]
 
 def write_training_corpus(docs, held_ids: set[str], out: Path) -> None:
     """The pages not held out, byte-tokenized by ``plasticlm prepare`` into ``out`` (5% for validation)."""
-    from ..data.shards import prepare
-    from ..files import atomic_write
-    from ..tokenizer import ByteTokenizer
-
-    src = out.parent / (out.name + "-src")
-    src.mkdir(parents=True, exist_ok=True)
-    atomic_write(src / "train.jsonl", lambda tmp: Path(tmp).write_text(
-        "".join(json.dumps({"id": d.id, "text": d.text}) + "\n" for d in docs if d.id not in held_ids)))
-    ByteTokenizer().save(src / "tokenizer.json")
-    prepare(str(src / "train.jsonl"), out, tokenizer=str(src / "tokenizer.json"),
-            fractions={"train": 0.95, "valid": 0.05, "test": 0.0, "holdout": 0.0}, progress=False)
+    prepare_byte_documents([(d.id, d.text) for d in docs if d.id not in held_ids], out,
+                           {"train": 0.95, "valid": 0.05, "test": 0.0, "holdout": 0.0})
 
 
 # ---- one run -------------------------------------------------------------------------------------
 
 def execute(cfg: Config, run: Run, device: str, work: Path, loss=None, measure=None) -> dict:
     """Train one model and read the held-out streams. ``loss``: the trainer's LossConfig (the proxy
-    experiment's); ``measure(model, streams) -> dict``: more measurements of the trained model."""
+    experiment's); ``measure(model, streams, metrics) -> dict``: more measurements of the trained
+    model (``metrics``: the trainer's logged records)."""
     from ..eval.common import log_bins
     from ..trainer.config import CheckpointConfig, DataConfig, LogConfig, LossConfig, OptimConfig, TrainConfig
     from ..trainer.loop import Trainer
@@ -232,7 +223,7 @@ def execute(cfg: Config, run: Run, device: str, work: Path, loss=None, measure=N
     weights = [min(hi, cfg.eval_len + 1) - lo for lo, hi in bins]  # tokens in each bin
     held_out = sum(w * v for w, v in zip(weights, positions["reset"])) / sum(weights) / math.log(2)
     metrics = read_metrics(work / "train")
-    extra = measure(model, streams) if measure is not None else {}
+    extra = measure(model, streams, metrics) if measure is not None else {}
     return {**extra, "arch": arch, "model_config": mcfg.to_dict(), "n_params": summary["params"],
             "train": {k: summary[k] for k in ("steps", "tokens", "seconds", "tok_s", "valid_loss",
                                                "valid_bits_per_byte")},

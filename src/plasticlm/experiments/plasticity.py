@@ -30,18 +30,15 @@ curve further.
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import torch
 
 from ..config import ModelConfig
 from ..files import MANIFEST
 from .embeddings import data_config, loss_by_position
 from .reading import probe_last
-from .runner import Run, mean_sd
+from .runner import Run, mean_sd, prepare_byte_documents
 
 RESUMES_RUNS = True  # runs train for tens of minutes: their trainer checkpoints let them resume
 QUESTION = ("After plain text, does a stage of the shuffled-vocabulary task make a model learn from what it reads "
@@ -119,9 +116,7 @@ def prepared_corpus(cfg: Config, work: Path) -> Path:
     """The builtin corpus as documents of consecutive paragraphs (at most ``doc_bytes`` each),
     byte-tokenized and split by ``plasticlm prepare`` once for every run."""
     from ..data.builtin import builtin_corpus
-    from ..data.shards import prepare
-    from ..files import atomic_write, locked
-    from ..tokenizer import ByteTokenizer
+    from ..files import locked
 
     out = work.parent / "shared" / f"builtin-docs-{cfg.doc_bytes}"
     with locked(out.parent / (out.name + ".lock")):  # parallel runs prepare it once
@@ -136,13 +131,7 @@ def prepared_corpus(cfg: Config, work: Path) -> Path:
                 run.append(para)
             if run:
                 docs.append("\n\n".join(run))
-            src = out.parent / (out.name + "-src")
-            src.mkdir(parents=True, exist_ok=True)
-            atomic_write(src / "builtin.jsonl", lambda tmp: Path(tmp).write_text("".join(
-                json.dumps({"id": f"builtin-{i}", "text": d}) + "\n" for i, d in enumerate(docs))))
-            ByteTokenizer().save(src / "tokenizer.json")
-            prepare(str(src / "builtin.jsonl"), out, tokenizer=str(src / "tokenizer.json"),
-                    fractions=dict(cfg.fractions), progress=False)
+            prepare_byte_documents([(f"builtin-{i}", d) for i, d in enumerate(docs)], out, cfg.fractions)
     return out
 
 

@@ -76,7 +76,6 @@ def lag_edges(cfg: Config) -> list[tuple[int, int]]:
 def execute(cfg: Config, run: Run, device: str, work: Path) -> dict:
     from ..eval.gradient_lag import measure
     from ..trainer.config import LossConfig
-    from ..trainer.metrics import read_metrics
 
     name = run.params["model"]
     loss = LossConfig(proxy_weight=cfg.proxy_weight if name.endswith("-proxy") else 0.0,
@@ -84,15 +83,14 @@ def execute(cfg: Config, run: Run, device: str, work: Path) -> dict:
                       proxy_every=max(1, min(10, cfg.steps // 3)))  # logged a few times even in --quick
     inner = Run(run.id, {**run.params, "model": "gated_average"})
 
-    def gradients(model, streams):
+    def gradients(model, streams, metrics):
         probes = streams[:cfg.lag_probes, :cfg.lag_len + 1]
-        return {"gradient_lag": measure(model, probes, lag_edges(cfg), cfg.lag_last)}
+        logged = [r for r in metrics if any(k.startswith("retention/") for k in r)]
+        return {"gradient_lag": measure(model, probes, lag_edges(cfg), cfg.lag_last),
+                "retention_logged": [{k: v for k, v in r.items() if k in ("step", "proxy") or k.startswith("retention/")}
+                                     for r in logged[:1] + logged[-1:]]}
 
-    record = length.execute(cfg, inner, device, work, loss=loss, measure=gradients)
-    logged = [r for r in read_metrics(work / "train") if any(k.startswith("retention/") for k in r)]
-    record["retention_logged"] = [{k: v for k, v in r.items() if k == "step" or k.startswith("retention/") or
-                                   k == "proxy"} for r in (logged[:1] + logged[-1:])]
-    return record
+    return length.execute(cfg, inner, device, work, loss=loss, measure=gradients)
 
 
 def headline(record: dict) -> str:

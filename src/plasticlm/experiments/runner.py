@@ -75,6 +75,21 @@ def mean_sd(vals: list[float], signed: bool = False) -> str:
     return f"{text} ± {math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)):.3f}"
 
 
+def prepare_byte_documents(docs: list[tuple[str, str]], out: Path, fractions: dict[str, float]) -> None:
+    """(id, text) documents written to ``out``-src as JSONL, byte-tokenized and split into ``out``
+    by ``plasticlm prepare``: the corpora the experiments build for themselves."""
+    from ..data.shards import prepare
+    from ..tokenizer import ByteTokenizer
+
+    src = out.parent / (out.name + "-src")
+    src.mkdir(parents=True, exist_ok=True)
+    atomic_write(src / "documents.jsonl", lambda tmp: Path(tmp).write_text(
+        "".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in docs)))
+    ByteTokenizer().save(src / "tokenizer.json")
+    prepare(str(src / "documents.jsonl"), out, tokenizer=str(src / "tokenizer.json"), fractions=dict(fractions),
+            progress=False)
+
+
 def with_defaults(old: dict, default) -> dict:
     """``old`` (a results file's config) with the fields it lacks, in it or in its nested configs,
     taken from the config ``default``: a field added to a config later defaults to what the code did
