@@ -118,6 +118,11 @@ def test_proxy_arm_trains_with_the_penalty_and_the_plain_arm_only_logs_it(tmp_pa
         assert r["retention_logged"] and "retention/L0/band0" in r["retention_logged"][-1]
         assert r["gradient_lag"]["edges"] == [[1, 11], [11, 65], [65, 128]]
         assert sum(r["gradient_lag"]["real_band_shares"]) == pytest.approx(1)
+        writes = r["gradient_lag"]["writes"]  # one per layer, measured beside both proxies
+        assert len(writes) == len(r["gradient_lag"]["proxy_band_shares_per_layer"])
+        for w in writes:
+            for key in ("measured_band_shares", "proxy_band_shares", "read_weighted_band_shares"):
+                assert sum(w[key]) == pytest.approx(1), key
     # same seed and batches: only the penalty's gradient can make the two models differ
     assert plain["positions"]["carried"] != proxy["positions"]["carried"]
 
@@ -148,6 +153,67 @@ def test_measured_gradient_is_the_embedding_gradient_by_lag():
         want += x.grad[0].norm(dim=-1).double().flip(0)
     assert torch.allclose(got, want / 2, rtol=1e-5)
     assert got[0] > 0 and got[-1] > 0  # the last position reads its own input and the first
+
+
+def test_write_gradient_is_the_gradient_into_each_memorys_k_and_v():
+    """Lag k of the write measurement is |dL/d(k, v)| at position T-1-k of each layer's input
+    projection, computed here through a leaf tensor; a reversible model gives the same as under
+    its own backward (the measurement switches reconstruction off and restores it)."""
+    import torch
+
+    from plasticlm import ModelConfig, PlasticLM
+    from plasticlm.eval.gradient_lag import write_gradient
+
+    torch.manual_seed(0)
+    model = PlasticLM(ModelConfig(vocab_size=40, d_model=16, n_layers=2, n_heads=2, chunk_size=8, short_conv=4))
+    H, K, V = model.config.n_heads, model.config.k_dim, model.config.v_dim
+    probes = torch.randint(0, 40, (2, 25))
+    got = write_gradient(model, probes, last=2)
+    assert model.reconstruct
+    want = torch.zeros(2, 24, dtype=torch.float64)
+    for row in probes:
+        leaves = []
+
+        def swap(module, inp, out):
+            leaf = out.detach().requires_grad_()
+            leaves.append(leaf)
+            return leaf
+
+        model.reconstruct = False
+        hooks = [b.memory.proj_in.register_forward_hook(swap) for b in model.blocks]
+        try:
+            logits, _ = model(row[None, :-1])
+        finally:
+            for h in hooks:
+                h.remove()
+            model.reconstruct = True
+        torch.nn.functional.cross_entropy(logits[0, -2:], row[-2:], reduction="sum").backward()
+        for i, leaf in enumerate(leaves):
+            want[i] += leaf.grad[0, :, H * K:2 * H * K + H * V].norm(dim=-1).double().flip(0)
+    assert torch.allclose(got, want / 2, rtol=1e-5)
+
+
+def test_write_gradient_follows_the_gates_along_the_memory():
+    """One layer without convolution: gates near 0 keep nothing, so no gradient reaches a write
+    older than the loss's positions; gates near 1 keep it, and the gradient reaches the first."""
+    import torch
+
+    from plasticlm import ModelConfig, PlasticLM
+    from plasticlm.eval.gradient_lag import write_gradient
+
+    torch.manual_seed(0)
+    model = PlasticLM(ModelConfig(vocab_size=40, d_model=16, n_layers=1, n_heads=2, chunk_size=8, short_conv=0))
+    probes = torch.randint(0, 40, (2, 33))
+    gate = model.blocks[0].memory.gate
+    with torch.no_grad():
+        gate.weight.zero_()
+        gate.bias.fill_(-30.0)  # a = sigmoid(-30): each write is gone by the next token
+    short = write_gradient(model, probes, last=4)[0]
+    with torch.no_grad():
+        gate.bias.fill_(6.0)  # a = 0.9975: a half-life of ~280 tokens
+    long = write_gradient(model, probes, last=4)[0]
+    assert short[:4].min() > 0 and short[4:].max() < 1e-9 * short[:4].max()
+    assert long[4:].min() > 1e-3 * long[:4].max()
 
 
 def test_shared_builds_take_turns(tmp_path):

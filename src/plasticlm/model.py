@@ -281,13 +281,18 @@ class PlasticLM(nn.Module):
         proxy of DESIGN 3: the reversible stack's custom backward gives no gradients to
         intermediate values). Activation memory grows with T: use short probes.
         """
+        return [inputs[3] for inputs in self.memory_inputs(tokens, state)]
+
+    def memory_inputs(self, tokens, state: State | None = None) -> list[tuple]:
+        """Every layer's ``Memory.inputs`` on ``tokens`` (q, k, v, log a, output gate, carried),
+        under plain autograd, as :meth:`gates`."""
         self._check_tokens(tokens)
         state = self.init_state(tokens.shape[0]) if state is None else self._check_state(state, tokens.shape[0])
         x1 = x2 = self.embed_tokens(tokens, state)[0]
         out = []
         for i, block in enumerate(self.blocks):
             S = state.layer(i)
-            out.append(block.memory.inputs(block.norm_m(x2 if self.config.reversible else x1), S)[3])
+            out.append(block.memory.inputs(block.norm_m(x2 if self.config.reversible else x1), S))
             if i + 1 < len(self.blocks):
                 if self.config.reversible:
                     x1, x2, _ = block.forward_rev(x1, x2, S)

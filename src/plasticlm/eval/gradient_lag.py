@@ -5,7 +5,11 @@ memory path carries w_c a_c^k of channel c's gradient back k tokens, a_c the geo
 on a probe and w_c = 1 - a_c its write weight. The measurement is the real thing on probe
 sequences: |dL_t / dx_{t-k}|, the norm of the gradient of the loss at the last positions t with
 respect to the input embedding k tokens earlier, through every path (memory, short convolution,
-feed-forward, head), averaged over probes. ``benchmarks/gradient_lag.py`` runs it on a checkpoint;
+feed-forward, head), averaged over probes. Because the convolution and the feed-forward add
+gradient at short lags that no gate predicts, the proxy is also checked against the path it
+models: the gradient into each layer's memory writes (its k and v projections, read by nothing
+but the memory), beside that layer's proxy and a read-weighted proxy that also counts how
+strongly the readout uses each channel. ``benchmarks/gradient_lag.py`` runs it on a checkpoint;
 ``plasticlm experiment proxy`` on models trained with and without the proxy.
 """
 from __future__ import annotations
@@ -19,26 +23,51 @@ from ..trainer.losses import retention_mass
 def measured_gradient(model, probes: torch.Tensor, last: int) -> torch.Tensor:
     """(T,) mean over probes (B, T + 1) of |dL/dx_{t-k}| for lags k = 0..T-1, L the summed loss
     of the last ``last`` positions. Plain autograd through the whole probe: memory grows with T."""
+    return _gradients(model, probes, last)[0]
+
+
+def write_gradient(model, probes: torch.Tensor, last: int) -> torch.Tensor:
+    """(layers, T): as :func:`measured_gradient`, the gradient with respect to what each layer's
+    memory writes at lag k, its k and v projections (before the short convolution). Only the
+    memory reads them, so this is the path the proxy models, plus, below the last layer, the
+    layers above reading the memory's output."""
+    return _gradients(model, probes, last)[1]
+
+
+def _gradients(model, probes: torch.Tensor, last: int) -> tuple[torch.Tensor, torch.Tensor]:
     B, T = probes.shape[0], probes.shape[1] - 1
+    blocks = model.blocks
+    H, K, V = model.config.n_heads, model.config.k_dim, model.config.v_dim
     grads = torch.zeros(T, dtype=torch.float64)
-    emb = {}
+    writes = torch.zeros(len(blocks), T, dtype=torch.float64)
+    kept = {}
 
-    def keep(module, inp, out):
-        out.retain_grad()
-        emb["x"] = out
+    def keep(name):
+        def hook(module, inp, out):
+            out.retain_grad()
+            kept[name] = out
+        return hook
 
-    hook = model.embed.register_forward_hook(keep)
+    hooks = [model.embed.register_forward_hook(keep("x"))]
+    hooks += [b.memory.proj_in.register_forward_hook(keep(i)) for i, b in enumerate(blocks)]
+    reconstruct = model.reconstruct
+    model.reconstruct = False  # the reversible stack's own backward leaves intermediate .grad empty
     try:
         with torch.enable_grad():
             for row in probes:
                 model.zero_grad(set_to_none=True)
                 logits, _ = model(row[None, :-1])
                 F.cross_entropy(logits[0, -last:].float(), row[1:][-last:], reduction="sum").backward()
-                grads += emb["x"].grad[0].norm(dim=-1).double().flip(0)  # index k = lag from the last position
+                grads += kept["x"].grad[0].norm(dim=-1).double().flip(0)  # index k = lag from the last position
+                for i in range(len(blocks)):
+                    kv = kept[i].grad[0, :, H * K:2 * H * K + H * V]  # columns q | k | v | output gate
+                    writes[i] += kv.norm(dim=-1).double().flip(0)
     finally:
-        hook.remove()
+        for h in hooks:
+            h.remove()
+        model.reconstruct = reconstruct
         model.zero_grad(set_to_none=True)
-    return grads / B
+    return grads / B, writes / B
 
 
 def proxy_curve(model, probes: torch.Tensor, weighted: bool = True) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -47,13 +76,33 @@ def proxy_curve(model, probes: torch.Tensor, weighted: bool = True) -> tuple[tor
     T = probes.shape[1] - 1
     with torch.no_grad():
         gates = model.gates(probes[:, :-1])
-    k = torch.arange(T, dtype=torch.float64)
-    curves = []
-    for g in gates:
-        la = g.double().mean(dim=(0, 1)).reshape(-1, 1)  # (channels, 1) log of the geometric-mean gate
-        w = -torch.expm1(la) if weighted else torch.ones_like(la)
-        curves.append((w * torch.exp(la * k)).sum(0))
+    curves = [_retention(g, T, weighted) for g in gates]
     return torch.stack(curves).mean(0), gates
+
+
+def _retention(log_a: torch.Tensor, T: int, weighted: bool = True, channel_weight=None) -> torch.Tensor:
+    la = log_a.double().mean(dim=(0, 1)).reshape(-1, 1)  # (channels, 1) log of the geometric-mean gate
+    w = -torch.expm1(la) if weighted else torch.ones_like(la)
+    if channel_weight is not None:
+        w = w * channel_weight.double().reshape(-1, 1)
+    return (w * torch.exp(la * torch.arange(T, dtype=torch.float64))).sum(0)
+
+
+def read_weighted_curves(model, probes: torch.Tensor, last: int) -> torch.Tensor:
+    """(layers, T): the proxy corrected by what the memory's readout does with each channel.
+
+    Along the memory, the gradient reaching channel c's write k steps back is w_c a_c^k times
+    q_(t,c) at the reading position and k_(t-k,c) at the writing one (and the bias correction's
+    1 / (1 - prod a) is inside q). The plain proxy counts every channel alike; this one weights
+    channel c by mean |q_c| over the loss's last positions times mean |k_c| over the probe."""
+    T = probes.shape[1] - 1
+    with torch.no_grad():
+        layers = model.memory_inputs(probes[:, :-1])
+    curves = []
+    for q, k, _, log_a, _, _ in layers:
+        weight = q[:, -last:].abs().double().mean(dim=(0, 1)) * k.abs().double().mean(dim=(0, 1))  # (H, K)
+        curves.append(_retention(log_a, T, True, weight))
+    return torch.stack(curves)
 
 
 def band_shares(curve: torch.Tensor, edges: list[tuple[int, int]]) -> list[float]:
@@ -63,16 +112,30 @@ def band_shares(curve: torch.Tensor, edges: list[tuple[int, int]]) -> list[float
 
 
 def measure(model, probes: torch.Tensor, edges: list[tuple[int, int]], last: int) -> dict:
-    """Measured gradient and proxy by lag and by band on the probes (bands cut at the probe length)."""
+    """Measured gradient and proxy by lag and by band on the probes (bands cut at the probe length):
+    into the embeddings through every path, and into each layer's memory writes beside that
+    layer's proxy, plain and read-weighted."""
     T = probes.shape[1] - 1
     cut = [(k0, min(k1, T)) for k0, k1 in edges if k0 < T]
-    real = measured_gradient(model, probes, last)
+    real, writes = _gradients(model, probes, last)
     proxy, gates = proxy_curve(model, probes, weighted=True)
     flat, _ = proxy_curve(model, probes, weighted=False)
-    corr = torch.corrcoef(torch.stack([real[1:].log(), proxy[1:].log()]))[0, 1].item()
+    layer_proxy = [_retention(g, T) for g in gates]
+    read_weighted = read_weighted_curves(model, probes, last)
     return {"real_by_lag": real.tolist(), "proxy_by_lag": proxy.tolist(), "unweighted_by_lag": flat.tolist(),
             "edges": [list(e) for e in cut],
             "real_band_shares": band_shares(real, cut), "proxy_band_shares": band_shares(proxy, cut),
             "unweighted_band_shares": band_shares(flat, cut),
             "proxy_band_shares_per_layer": [retention_mass(g, cut).tolist() for g in gates],
-            "log_log_correlation": corr}
+            "log_log_correlation": log_log_correlation(real, proxy),
+            "writes": [{"measured_by_lag": w.tolist(), "proxy_by_lag": p.tolist(), "read_weighted_by_lag": c.tolist(),
+                        "measured_band_shares": band_shares(w, cut), "proxy_band_shares": band_shares(p, cut),
+                        "read_weighted_band_shares": band_shares(c, cut),
+                        "proxy_log_log_correlation": log_log_correlation(w, p),
+                        "read_weighted_log_log_correlation": log_log_correlation(w, c)}
+                       for w, p, c in zip(writes, layer_proxy, read_weighted)]}
+
+
+def log_log_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Correlation of log a and log b over lags >= 1 (lag 0 is the reading position itself)."""
+    return torch.corrcoef(torch.stack([a[1:].log(), b[1:].log()]))[0, 1].item()

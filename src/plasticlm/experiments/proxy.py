@@ -11,7 +11,8 @@ trained model:
   ``train_len`` (the RQ5 table: [T, 4T), [4T, 16T), [16T, end]);
 - the real gradient by lag, |dL_t / dx_{t-k}| on ``lag_probes`` held-out probes of ``lag_len``
   bytes (:mod:`plasticlm.eval.gradient_lag`), against the proxy's prediction from the same gates,
-  by lag band;
+  by lag band; and the gradient into each layer's memory writes, the path the proxy models,
+  against that layer's proxy and the read-weighted proxy;
 - the retention mass the trainer logged while training, first and last.
 
 The proxy is worth its place if the proxy-trained model's measured gradient moves towards the
@@ -119,17 +120,47 @@ def report(cfg: Config, records: list[dict], out: Path | None) -> str:
             for what, key in (("measured", "real_band_shares"), ("proxy", "proxy_band_shares")):
                 cells = [mean_sd([g[key][i] for g in rs]) for i in range(len(edges))]
                 lines.append(f"| {m} | {len(rs)} | {what} | " + " | ".join(cells) + f" | {corr if what == 'proxy' else ''} |")
+        lines += writes_table(cfg, recs, heads)
         if out is not None:
             lines += ["", plot_lags(cfg, recs, out)]
     return "\n".join(lines) + "\n"
 
 
+def writes_table(cfg: Config, recs: list[dict], heads: list[str]) -> list[str]:
+    """The proxy against the path it models: the gradient into each layer's memory writes."""
+    recs = [r for r in recs if "writes" in r["gradient_lag"]]
+    if not recs:
+        return []
+    lines = ["", "### The memory path: gradient into each layer's writes", "",
+             "|dL_t/d(k, v)_(t-k)| into each layer's memory writes on the same probes (only the memory reads them), "
+             "beside that layer's proxy ((1 - a) a^k over channels) and the read-weighted proxy (each channel "
+             "also weighted by mean |q| at the loss's positions times mean |k|), as shares of the bands; mean over "
+             "seeds ± sd, and the log-log correlation with the measurement over every lag.", "",
+             "| model | layer | seeds | what | " + " | ".join(heads) + " | log-log corr. |",
+             "|---|---:|---:|---|" + "---:|" * (len(heads) + 1)]
+    for m in cfg.models:
+        rs = [r["gradient_lag"]["writes"] for r in recs if r["params"]["model"] == m]
+        for layer in range(len(rs[0]) if rs else 0):
+            ws = [w[layer] for w in rs]
+            for what, key, corr in (("measured", "measured_band_shares", None),
+                                    ("proxy", "proxy_band_shares", "proxy_log_log_correlation"),
+                                    ("read-weighted", "read_weighted_band_shares", "read_weighted_log_log_correlation")):
+                cells = [mean_sd([w[key][i] for w in ws]) for i in range(len(heads))]
+                c = mean_sd([w[corr] for w in ws]) if corr else ""
+                lines.append(f"| {m} | {layer} | {len(ws)} | {what} | " + " | ".join(cells) + f" | {c} |")
+    return lines
+
+
 def plot_lags(cfg: Config, recs: list[dict], out: Path) -> str:
-    """Measured gradient and proxy against lag, each normalised at lag 1, every run."""
+    """Measured gradient and proxy against lag, each normalised at lag 1, every run; beside it,
+    where recorded, the last layer's memory path: its write gradient and both proxies, each as a
+    share of its sum over lags >= 1."""
     from ..eval.results import legend, pyplot
 
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    paths = [r for r in recs if "writes" in r["gradient_lag"]]
+    fig, axes = plt.subplots(1, 2 if paths else 1, figsize=(13 if paths else 7, 4.5), squeeze=False)
+    ax = axes[0, 0]
     for i, m in enumerate(cfg.models):
         for j, r in enumerate(x for x in recs if x["params"]["model"] == m):
             g = r["gradient_lag"]
@@ -139,11 +170,27 @@ def plot_lags(cfg: Config, recs: list[dict], out: Path) -> str:
                     continue
                 ax.loglog(range(1, len(ys) + 1), [y / ys[0] for y in ys], ls=ls, color=f"C{i}", alpha=0.8,
                           label=f"{m}, {what}" if j == 0 else None)
-    for a, _ in recs[0]["gradient_lag"]["edges"][1:]:
-        ax.axvline(a, color="gray", lw=0.5)
-    ax.set(xlabel="lag k (bytes)", ylabel="normalised at k = 1", title="Gradient reaching lag k: measured and proxy")
-    ax.grid(alpha=0.3)
-    legend(ax, fontsize=7)
+    ax.set(xlabel="lag k (bytes)", ylabel="normalised at k = 1", title="Gradient into the embeddings (every path) and proxy")
+    if paths:
+        bx = axes[0, 1]
+        for i, m in enumerate(cfg.models):
+            for j, r in enumerate(x for x in paths if x["params"]["model"] == m):
+                w = r["gradient_lag"]["writes"][-1]
+                for key, ls, what in (("measured_by_lag", "-", "measured"), ("proxy_by_lag", ":", "proxy"),
+                                      ("read_weighted_by_lag", "--", "read-weighted proxy")):
+                    ys = w[key][1:]
+                    total = sum(ys)
+                    if not total or not math.isfinite(total):
+                        continue
+                    bx.loglog(range(1, len(ys) + 1), [y / total for y in ys], ls=ls, color=f"C{i}", alpha=0.8,
+                              label=f"{m}, {what}" if j == 0 else None)
+        bx.set(xlabel="lag k (bytes)", ylabel="share of lags >= 1",
+               title="Last layer's memory path: gradient into its writes and proxies")
+    for a in axes[0]:
+        for e, _ in recs[0]["gradient_lag"]["edges"][1:]:
+            a.axvline(e, color="gray", lw=0.5)
+        a.grid(alpha=0.3)
+        legend(a, fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "gradient_by_lag.png", dpi=110)
     plt.close(fig)
