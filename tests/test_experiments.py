@@ -216,6 +216,19 @@ def test_write_gradient_follows_the_gates_along_the_memory():
     assert long[4:].min() > 1e-3 * long[:4].max()
 
 
+def test_loss_window_reads_each_write_from_every_loss_position():
+    """A write at lag k (from the last position) is read at lags k, k - 1, ..., k - last + 1 by the
+    last ``last`` positions: a curve that is 1 at lag 0 only becomes 1 at lags 0 .. last - 1."""
+    import torch
+
+    from plasticlm.eval.gradient_lag import loss_window, total_variation
+
+    assert loss_window([1.0, 0, 0, 0, 0], 3).tolist() == [1, 1, 1, 0, 0]
+    assert loss_window([1.0, 2.0, 4.0], 2).tolist() == [1, 3, 6]
+    assert torch.equal(loss_window([1.0, 2.0], 1), torch.tensor([1.0, 2.0], dtype=torch.float64))
+    assert total_variation([0.5, 0.5, 0.0], [0.25, 0.5, 0.25]) == pytest.approx(0.25)
+
+
 def test_shared_builds_take_turns(tmp_path):
     """files.locked: while one process holds the lock, another cannot take it (so two parallel runs
     never build one shared corpus at once); it is free again after the block."""

@@ -105,6 +105,22 @@ def read_weighted_curves(model, probes: torch.Tensor, last: int) -> torch.Tensor
     return torch.stack(curves)
 
 
+def loss_window(curve, last: int) -> torch.Tensor:
+    """A retention curve seen as the measurement sees it: the loss is summed over the last ``last``
+    positions, so what is written at lag k from the last one is read from lags k, k - 1, ...,
+    k - last + 1. Returns sum_(j < last) curve(k - j) by lag k."""
+    c = torch.as_tensor(curve, dtype=torch.float64)
+    out = torch.zeros_like(c)
+    for j in range(min(last, len(c))):
+        out[j:] += c[:len(c) - j]
+    return out
+
+
+def total_variation(p: list[float], q: list[float]) -> float:
+    """Half the L1 distance of two band distributions: the share that would have to move."""
+    return 0.5 * sum(abs(a - b) for a, b in zip(p, q))
+
+
 def band_shares(curve: torch.Tensor, edges: list[tuple[int, int]]) -> list[float]:
     """Share of ``curve`` (indexed by lag) in each band [k0, k1) of lags, over the bands."""
     m = torch.stack([curve[k0:k1].sum() for k0, k1 in edges])

@@ -128,33 +128,43 @@ def report(cfg: Config, records: list[dict], out: Path | None) -> str:
 
 def writes_table(cfg: Config, recs: list[dict], heads: list[str]) -> list[str]:
     """The proxy against the path it models: the gradient into each layer's memory writes."""
+    from ..eval.gradient_lag import band_shares, loss_window, total_variation
+
     recs = [r for r in recs if "writes" in r["gradient_lag"]]
     if not recs:
         return []
+    edges = recs[0]["gradient_lag"]["edges"]
     lines = ["", "### The memory path: gradient into each layer's writes", "",
              "|dL_t/d(k, v)_(t-k)| into each layer's memory writes on the same probes (only the memory reads them), "
              "beside that layer's proxy ((1 - a) a^k over channels) and the read-weighted proxy (each channel "
-             "also weighted by mean |q| at the loss's positions times mean |k|), as shares of the bands; mean over "
-             "seeds ± sd, and the log-log correlation with the measurement over every lag.", "",
-             "| model | layer | seeds | what | " + " | ".join(heads) + " | log-log corr. |",
-             "|---|---:|---:|---|" + "---:|" * (len(heads) + 1)]
+             "also weighted by mean |q| at the loss's positions times mean |k|), both seen through the loss window "
+             f"of the measurement (summed over reading positions at the last {cfg.lag_last}), as shares of the bands; "
+             "mean over seeds ± sd; TV: the share that would have to move between bands to match the measurement; "
+             "the log-log correlation with it over every lag.", "",
+             "| model | layer | seeds | what | " + " | ".join(heads) + " | TV | log-log corr. |",
+             "|---|---:|---:|---|" + "---:|" * (len(heads) + 2)]
     for m in cfg.models:
         rs = [r["gradient_lag"]["writes"] for r in recs if r["params"]["model"] == m]
         for layer in range(len(rs[0]) if rs else 0):
             ws = [w[layer] for w in rs]
-            for what, key, corr in (("measured", "measured_band_shares", None),
-                                    ("proxy", "proxy_band_shares", "proxy_log_log_correlation"),
-                                    ("read-weighted", "read_weighted_band_shares", "read_weighted_log_log_correlation")):
-                cells = [mean_sd([w[key][i] for w in ws]) for i in range(len(heads))]
-                c = mean_sd([w[corr] for w in ws]) if corr else ""
-                lines.append(f"| {m} | {layer} | {len(ws)} | {what} | " + " | ".join(cells) + f" | {c} |")
+            real = [w["measured_band_shares"] for w in ws]
+            lines.append(f"| {m} | {layer} | {len(ws)} | measured | "
+                         + " | ".join(mean_sd([x[i] for x in real]) for i in range(len(heads))) + " | | |")
+            for what, key, corr in (("proxy", "proxy_by_lag", "proxy_log_log_correlation"),
+                                    ("read-weighted", "read_weighted_by_lag", "read_weighted_log_log_correlation")):
+                shares = [band_shares(loss_window(w[key], cfg.lag_last), [tuple(e) for e in edges]) for w in ws]
+                tv = [total_variation(s, x) for s, x in zip(shares, real)]
+                lines.append(f"| {m} | {layer} | {len(ws)} | {what} | "
+                             + " | ".join(mean_sd([s[i] for s in shares]) for i in range(len(heads)))
+                             + f" | {mean_sd(tv)} | {mean_sd([w[corr] for w in ws])} |")
     return lines
 
 
 def plot_lags(cfg: Config, recs: list[dict], out: Path) -> str:
     """Measured gradient and proxy against lag, each normalised at lag 1, every run; beside it,
-    where recorded, the last layer's memory path: its write gradient and both proxies, each as a
-    share of its sum over lags >= 1."""
+    where recorded, the last layer's memory path: its write gradient and both proxies (through
+    the loss window), each as a share of its sum over lags >= 1."""
+    from ..eval.gradient_lag import loss_window
     from ..eval.results import legend, pyplot
 
     plt = pyplot()
@@ -178,7 +188,7 @@ def plot_lags(cfg: Config, recs: list[dict], out: Path) -> str:
                 w = r["gradient_lag"]["writes"][-1]
                 for key, ls, what in (("measured_by_lag", "-", "measured"), ("proxy_by_lag", ":", "proxy"),
                                       ("read_weighted_by_lag", "--", "read-weighted proxy")):
-                    ys = w[key][1:]
+                    ys = (w[key] if key == "measured_by_lag" else loss_window(w[key], cfg.lag_last).tolist())[1:]
                     total = sum(ys)
                     if not total or not math.isfinite(total):
                         continue
