@@ -11,6 +11,7 @@ from plasticlm.trainer.losses import (
     band_edges,
     proxy_penalty,
     ramp_weights,
+    read_weight,
     retention_mass,
 )
 from plasticlm.trainer.segment import segment_backward, segment_loss
@@ -45,6 +46,54 @@ def test_retention_mass_equals_the_brute_force_sum_over_lags():
         got = retention_mass(log_a, edges, weighted)
         assert torch.allclose(got.double(), want, rtol=1e-4)
         assert got.sum().item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_read_weighted_retention_mass_counts_each_channel_by_its_weight():
+    """channel_weight multiplies each channel's (1 - a) a^k: the brute-force sum with the weight
+    agrees, and a channel weighted 0 leaves the bands (here the slowest: the long band empties)."""
+    torch.manual_seed(0)
+    log_a = torch.nn.functional.logsigmoid(torch.randn(2, 5, 3, 4, dtype=torch.float64) * 3 + 4)
+    edges = band_edges(1000, [0.01, 0.1, 1.0])
+    la = log_a.mean(dim=(0, 1)).reshape(-1)
+    c = torch.rand(3, 4, dtype=torch.float64)
+    k = torch.arange(1, 1001, dtype=torch.float64)
+    r = ((1 - la.exp()) * c.reshape(-1))[:, None] * torch.exp(la[:, None] * k)
+    want = torch.stack([r[:, k0 - 1:k1 - 1].sum() for k0, k1 in edges])
+    assert torch.allclose(retention_mass(log_a, edges, True, c).double(), want / want.sum(), rtol=1e-4)
+    only_fast = (la < torch.log(torch.tensor(0.5, dtype=torch.float64))).reshape(3, 4).double()  # half-life < 1
+    assert retention_mass(log_a, edges, True, only_fast)[-1] < 1e-6 < retention_mass(log_a, edges)[-1]
+
+
+def test_read_weight_is_mean_abs_q_at_the_last_positions_times_mean_abs_k_and_detached():
+    q = torch.tensor([[[[1.0, -2.0]], [[3.0, 0.0]]]], requires_grad=True)  # (B=1, T=2, H=1, K=2)
+    k = torch.tensor([[[[-1.0, 1.0]], [[1.0, 3.0]]]], requires_grad=True)
+    assert torch.equal(read_weight(q, k), torch.tensor([[2.0 * 1.0, 1.0 * 2.0]]))
+    assert torch.equal(read_weight(q, k, last=1), torch.tensor([[3.0 * 1.0, 0.0 * 2.0]]))
+    assert not read_weight(q, k).requires_grad
+
+
+def test_memory_inputs_are_the_ones_the_forward_pass_uses(monkeypatch):
+    from plasticlm import model as model_mod
+
+    m = small_model(short_conv=4, bias_correction=True)
+    tokens = torch.randint(0, 64, (2, 20))
+    seen = []
+    inputs = model_mod.Memory.inputs
+
+    def spy(self, x, S):
+        out = inputs(self, x, S)
+        seen.append([t.detach().clone() for t in out[:5]])
+        return out
+
+    monkeypatch.setattr(model_mod.Memory, "inputs", spy)
+    with torch.no_grad():
+        m(tokens)
+    monkeypatch.undo()
+    got = m.memory_inputs(tokens)
+    assert len(got) == len(seen) == 2
+    for g, s in zip(got, seen):
+        for a, b in zip(g[:5], s):
+            assert torch.allclose(a, b, atol=1e-6)
 
 
 def test_gates_are_the_ones_the_forward_pass_uses(monkeypatch):
@@ -126,3 +175,18 @@ def test_reconstruct_is_chosen_by_the_memory_one_segment_needs(tmp_path, monkeyp
     real = os.sysconf
     monkeypatch.setattr(os, "sysconf", lambda name: 1 if name == "SC_AVPHYS_PAGES" else real(name))
     assert Trainer(tiny_config(tmp_path / "d"), progress=False).model.reconstruct
+
+
+def test_the_read_weighted_proxy_trains_differently_and_a_bad_weighting_is_named(tmp_path):
+    from plasticlm.trainer.loop import train
+    from plasticlm.trainer.metrics import read_metrics
+
+    logged = {}
+    for how in ("gates", "read"):
+        run = tmp_path / how
+        train(tiny_config(run, "steps=2", "loss.proxy_weight=0.1", f"loss.proxy_weighting={how}"), progress=False)
+        logged[how] = [r for r in read_metrics(run) if "proxy" in r]
+    assert [r["step"] for r in logged["read"]] == [1, 2]
+    assert logged["read"][0]["proxy"] != logged["gates"][0]["proxy"]  # same model, same probe: only the weights differ
+    with pytest.raises(ValueError, match="loss.proxy_weighting"):
+        tiny_config(tmp_path / "bad", "loss.proxy_weighting=queries")

@@ -24,7 +24,8 @@ OPTIONS = ["model.short_conv=4", "model.bias_correction=true"]
     (["data.seq_len=64", "data.min_len=16", *OPTIONS], 4),
     (["data.seq_len=128", "bptt=window", "window=32", "optim.schedule=wsd", "loss.ramp_tokens=40",
       "loss.proxy_weight=0.1", *OPTIONS], 5),
-], ids=["whole-sequences", "window-mid-sequence"])
+    (["data.seq_len=64", "data.min_len=16", "loss.proxy_weight=0.1", "loss.proxy_weighting=read", *OPTIONS], 3),
+], ids=["whole-sequences", "window-mid-sequence", "read-weighted-proxy"])
 def test_resume_is_bit_identical(tmp_path, extra, k):
     train(tiny_config(tmp_path / "full", f"steps={N}", *extra), progress=False)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..trainer.losses import retention_mass
+from ..trainer.losses import read_weight, retention_mass
 
 
 def measured_gradient(model, probes: torch.Tensor, last: int) -> torch.Tensor:
@@ -89,20 +89,13 @@ def _retention(log_a: torch.Tensor, T: int, weighted: bool = True, channel_weigh
 
 
 def read_weighted_curves(model, probes: torch.Tensor, last: int) -> torch.Tensor:
-    """(layers, T): the proxy corrected by what the memory's readout does with each channel.
-
-    Along the memory, the gradient reaching channel c's write k steps back is w_c a_c^k times
-    q_(t,c) at the reading position and k_(t-k,c) at the writing one (and the bias correction's
-    1 / (1 - prod a) is inside q). The plain proxy counts every channel alike; this one weights
-    channel c by mean |q_c| over the loss's last positions times mean |k_c| over the probe."""
+    """(layers, T): the proxy corrected by what the memory's readout does with each channel,
+    channel c weighted by mean |q_c| over the loss's last positions times mean |k_c| over the
+    probe (:func:`plasticlm.trainer.losses.read_weight`, where the reason is)."""
     T = probes.shape[1] - 1
     with torch.no_grad():
         layers = model.memory_inputs(probes[:, :-1])
-    curves = []
-    for q, k, _, log_a, _, _ in layers:
-        weight = q[:, -last:].abs().double().mean(dim=(0, 1)) * k.abs().double().mean(dim=(0, 1))  # (H, K)
-        curves.append(_retention(log_a, T, True, weight))
-    return torch.stack(curves)
+    return torch.stack([_retention(log_a, T, True, read_weight(q, k, last)) for q, k, _, log_a, _, _ in layers])
 
 
 def loss_window(curve, last: int) -> torch.Tensor:

@@ -31,14 +31,16 @@ from .runner import Run, mean_sd
 RESUMES_RUNS = True
 QUESTION = ("Trained with the gradient-length proxy, does the gated average's measured gradient reach longer lags "
             "and its loss past the training length fall further below reset than without it?")
-ARMS = ("gated_average", "gated_average-proxy")
+ARMS = ("gated_average", "gated_average-proxy", "gated_average-proxy-read")
+"""No proxy (it is only logged), the proxy of DESIGN 3, and the read-weighted proxy
+(``loss.proxy_weighting=read``), the correction the memory-path measurement points to."""
 
 
 @dataclass
 class Config(length.Config):
-    models: list[str] = field(default_factory=lambda: list(ARMS))
+    models: list[str] = field(default_factory=lambda: list(ARMS[:2]))
     proxy_weight: float = 0.1
-    """Weight of the proxy's penalty in the '-proxy' arm (the plain arm trains with 0 and only logs it)."""
+    """Weight of the proxy's penalty in the '-proxy' arms (the plain arm trains with 0 and only logs it)."""
     proxy_target: list[float] = field(default_factory=lambda: [0.4, 0.3, 0.3])
     """Target retention shares of the bands [1, 1% H), [1% H, 10% H), [10% H, H] of the horizon H = eval_len."""
     lag_probes: int = 4
@@ -51,7 +53,7 @@ class Config(length.Config):
     def quick(cls) -> "Config":
         base = length.Config.quick()
         return cls(**{k: getattr(base, k) for k in base.__dataclass_fields__ if k != "models"},
-                   lag_probes=1, lag_len=128, lag_last=4)
+                   models=list(ARMS), lag_probes=1, lag_len=128, lag_last=4)
 
     def __post_init__(self) -> None:
         bad = sorted(set(self.models) - set(ARMS))
@@ -79,7 +81,8 @@ def execute(cfg: Config, run: Run, device: str, work: Path) -> dict:
     from ..trainer.config import LossConfig
 
     name = run.params["model"]
-    loss = LossConfig(proxy_weight=cfg.proxy_weight if name.endswith("-proxy") else 0.0,
+    loss = LossConfig(proxy_weight=cfg.proxy_weight if "-proxy" in name else 0.0,
+                      proxy_weighting="read" if name.endswith("-read") else "gates",
                       proxy_horizon=cfg.eval_len, proxy_target=list(cfg.proxy_target),
                       proxy_every=max(1, min(10, cfg.steps // 3)))  # logged a few times even in --quick
     inner = Run(run.id, {**run.params, "model": "gated_average"})
@@ -103,8 +106,8 @@ def report(cfg: Config, records: list[dict], out: Path | None) -> str:
     lines = [length.report(cfg, records, out).rstrip("\n"), "", "### Gradient by lag band", "",
              f"Measured |dL_t/dx_(t-k)| on {cfg.lag_probes} held-out probes of {cfg.lag_len:,} bytes (loss of the "
              f"last {cfg.lag_last} positions, every path) and the proxy's prediction from the same gates "
-             "(sum over channels of (1 - a) a^k), as shares of the bands; mean over seeds ± sd. The proxy arm "
-             f"trains with weight {cfg.proxy_weight} towards {cfg.proxy_target} over a horizon of "
+             "(sum over channels of (1 - a) a^k), as shares of the bands; mean over seeds ± sd. The proxy arms "
+             f"train with weight {cfg.proxy_weight} towards {cfg.proxy_target} over a horizon of "
              f"{cfg.eval_len:,}.", ""]
     recs = [r for r in records if "gradient_lag" in r]
     if recs:

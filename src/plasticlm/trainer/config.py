@@ -82,6 +82,10 @@ class LossConfig:
     """Tokens per row of the probe the gates are computed on (the start of each batch)."""
     proxy_every: int = 10
     """Log the retention mass every this many steps (every step when proxy_weight > 0)."""
+    proxy_weighting: str = "gates"
+    """'gates': each channel counts by its gates alone, (1 - a) a^k (DESIGN 3); 'read': also by how
+    strongly the readout uses it, mean |q| x mean |k| on the probe (RQ4 found this closer to the
+    measured gradient into the memory's writes)."""
 
 
 @dataclass
@@ -214,6 +218,7 @@ class TrainConfig:
             raise ValueError(f"checkpoint.keep must be >= 1 and checkpoint.every >= 0, got {self.checkpoint.keep}, "
                              f"{self.checkpoint.every}")
         lc = self.loss
+        _choice("loss.proxy_weighting", lc.proxy_weighting, ("gates", "read"))
         if len(lc.proxy_bands) != len(lc.proxy_target) or not lc.proxy_bands:
             raise ValueError(f"loss.proxy_bands ({lc.proxy_bands}) and loss.proxy_target ({lc.proxy_target}) "
                              "must be non-empty lists of equal length")

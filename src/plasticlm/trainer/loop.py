@@ -32,7 +32,7 @@ from ..state import State
 from . import run_state as ck
 from .config import TrainConfig, changed_on_resume, to_dict
 from .distributed import Dist, shard_fsdp
-from .losses import band_edges, proxy_penalty, ramp_weights, retention_mass
+from .losses import band_edges, proxy_penalty, ramp_weights, read_weight, retention_mass
 from .metrics import RunLogger, read_metrics
 from .segment import activations_fit, segment_backward, segment_loss
 from .stream_kinds import build_stream, stream_tokenizer
@@ -272,7 +272,11 @@ class Trainer:
         lc, train = self.cfg.loss, self.cfg.loss.proxy_weight > 0
         with torch.set_grad_enabled(train), self.autocast():
             weighted = getattr(self.cfg.model, "memory", "") == "gated_average"
-            masses = [retention_mass(g, self.edges, weighted) for g in self.model.gates(probe, state)]
+            if lc.proxy_weighting == "read":
+                masses = [retention_mass(log_a, self.edges, weighted, read_weight(q, k))
+                          for q, k, _, log_a, _, _ in self.model.memory_inputs(probe, state)]
+            else:
+                masses = [retention_mass(g, self.edges, weighted) for g in self.model.gates(probe, state)]
             penalty = proxy_penalty(masses, lc.proxy_target)
             if train and scale > 0:
                 (lc.proxy_weight * penalty / scale).backward()  # undone by the gradient scaling

@@ -41,15 +41,32 @@ def band_edges(horizon: int, fractions: list[float]) -> list[tuple[int, int]]:
     return edges
 
 
-def retention_mass(log_a: torch.Tensor, edges: list[tuple[int, int]], write_weighted: bool = True) -> torch.Tensor:
+def read_weight(q: torch.Tensor, k: torch.Tensor, last: int | None = None) -> torch.Tensor:
+    """(H, K) how strongly the readout uses each memory channel: mean |q| (over the last ``last``
+    positions, where a loss reads; all by default) times mean |k|, over a probe's (B, T, H, K).
+
+    Along the memory, the gradient reaching channel c's write k steps back is w_c a_c^k times
+    q_(t,c) where it is read and k_(t-k,c) where it was written (the bias correction's
+    1 / (1 - prod a) is inside q), so gates alone count a channel the readout ignores as fully as
+    one it relies on. Detached: the weight corrects where the proxy looks, the penalty still
+    moves only the gates."""
+    qs = q if last is None else q[:, -last:]
+    return (qs.detach().abs().float().mean(dim=(0, 1)) * k.detach().abs().float().mean(dim=(0, 1)))
+
+
+def retention_mass(log_a: torch.Tensor, edges: list[tuple[int, int]], write_weighted: bool = True,
+                   channel_weight: torch.Tensor | None = None) -> torch.Tensor:
     """Share of a layer's retention w_c a_c^k that falls in each lag band, over all its channels.
 
     log_a: (B, T, H, K) gates of one layer on a probe. ``write_weighted``: w_c = 1 - a_c (the gated
-    average), else 1 (the 'decay' variant). Returns (n_bands,), summing to 1.
+    average), else 1 (the 'decay' variant). ``channel_weight`` (H, K), e.g. :func:`read_weight`,
+    multiplies each channel's w_c. Returns (n_bands,), summing to 1.
     """
     la = log_a.float().mean(dim=(0, 1)).reshape(-1).clamp(max=-1e-12)  # (H*K,) log of the geometric-mean gate
     one_minus_a = -torch.expm1(la)  # 1 - a, accurate for a close to 1
     w = one_minus_a if write_weighted else torch.ones_like(la)
+    if channel_weight is not None:
+        w = w * channel_weight.reshape(-1).to(w.dtype)
     masses = []
     for k0, k1 in edges:
         # w a^k0 (1 - a^(k1-k0)) / (1 - a), in a form that stays finite as a -> 1 (the sum -> k1 - k0)
