@@ -72,6 +72,22 @@ def test_read_weight_is_mean_abs_q_at_the_last_positions_times_mean_abs_k_and_de
     assert not read_weight(q, k).requires_grad
 
 
+def test_read_weight_moves_the_bias_correction_to_the_horizon():
+    """With constant gates a from an empty state, q at position t carries 1 / (1 - a^t); rebias
+    gives every position the horizon's 1 / (1 - a^H) instead, also after a carried prefix."""
+    a = torch.tensor([0.5, 0.999]).view(1, 1, 1, 2)
+    T, H = 8, 1000
+    log_a = a.log().expand(1, T, 1, 2)
+    t = torch.arange(1, T + 1, dtype=torch.float32).view(1, T, 1, 1)
+    q_raw, k = torch.full((1, T, 1, 2), 2.0), torch.ones(1, T, 1, 2)
+    want = 2.0 / (1 - a.view(1, 2) ** H)
+    got = read_weight(q_raw / (1 - a ** t), k, rebias=(log_a, torch.zeros(1, 1, 2), H))
+    assert torch.allclose(got, want, rtol=1e-4)
+    prefix = 5 * a.log().view(1, 1, 2)  # five tokens read before the probe
+    got = read_weight(q_raw / (1 - a ** (t + 5)), k, rebias=(log_a, prefix, H))
+    assert torch.allclose(got, want, rtol=1e-4)
+
+
 def test_memory_inputs_are_the_ones_the_forward_pass_uses(monkeypatch):
     from plasticlm import model as model_mod
 

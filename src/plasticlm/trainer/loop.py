@@ -115,8 +115,8 @@ class Trainer:
                                    seed=cfg.seed)
         self.out = Path(cfg.out_dir)
         self.ckpt_root = self.out / "checkpoints"
-        horizon = cfg.loss.proxy_horizon or cfg.data.seq_len
-        self.edges = band_edges(horizon, cfg.loss.proxy_bands)
+        self.horizon = cfg.loss.proxy_horizon or cfg.data.seq_len
+        self.edges = band_edges(self.horizon, cfg.loss.proxy_bands)
         # What a checkpoint restores:
         self.step = self.tokens = self.skipped = self.bad_in_row = 0
         self.state: State | None = None  # bptt=window: the state carried into the next window
@@ -273,8 +273,14 @@ class Trainer:
         with torch.set_grad_enabled(train), self.autocast():
             weighted = getattr(self.cfg.model, "memory", "") == "gated_average"
             if lc.proxy_weighting == "read":
-                masses = [retention_mass(log_a, self.edges, weighted, read_weight(q, k))
-                          for q, k, _, log_a, _, _ in self.model.memory_inputs(probe, state)]
+                masses = []
+                for i, (q, k, _, log_a, _, _) in enumerate(self.model.memory_inputs(probe, state)):
+                    rebias = None
+                    if getattr(self.cfg.model, "corrects_bias", False):  # weigh the read at the horizon, not at the probe
+                        start = (state.layer(i)["log_gate_prod"] if state is not None
+                                 else torch.zeros_like(log_a[:, 0]))
+                        rebias = (log_a, start, self.horizon)
+                    masses.append(retention_mass(log_a, self.edges, weighted, read_weight(q, k, rebias=rebias)))
             else:
                 masses = [retention_mass(g, self.edges, weighted) for g in self.model.gates(probe, state)]
             penalty = proxy_penalty(masses, lc.proxy_target)

@@ -41,17 +41,30 @@ def band_edges(horizon: int, fractions: list[float]) -> list[tuple[int, int]]:
     return edges
 
 
-def read_weight(q: torch.Tensor, k: torch.Tensor, last: int | None = None) -> torch.Tensor:
+def read_weight(q: torch.Tensor, k: torch.Tensor, last: int | None = None,
+                rebias: tuple[torch.Tensor, torch.Tensor, int] | None = None) -> torch.Tensor:
     """(H, K) how strongly the readout uses each memory channel: mean |q| (over the last ``last``
     positions, where a loss reads; all by default) times mean |k|, over a probe's (B, T, H, K).
 
     Along the memory, the gradient reaching channel c's write k steps back is w_c a_c^k times
-    q_(t,c) where it is read and k_(t-k,c) where it was written (the bias correction's
-    1 / (1 - prod a) is inside q), so gates alone count a channel the readout ignores as fully as
-    one it relies on. Detached: the weight corrects where the proxy looks, the penalty still
-    moves only the gates."""
+    q_(t,c) where it is read and k_(t-k,c) where it was written, so gates alone count a channel
+    the readout ignores as fully as one it relies on. Detached: the weight corrects where the
+    proxy looks, the penalty still moves only the gates.
+
+    A model with bias correction carries 1 / (1 - prod a) inside q, which at a short probe's
+    positions inflates the slow channels far beyond what they weigh at the horizon the bands
+    cover. ``rebias`` = (log a (B, T, H, K), log prod a before the probe (B, H, K), horizon)
+    replaces it by the value a reading position ``horizon`` tokens in would have, 1 / (1 - a^horizon)
+    with a the channel's geometric-mean gate.
+    """
+    q = q.detach().float()
+    if rebias is not None:
+        log_a, start, horizon = (t.detach().float() if torch.is_tensor(t) else t for t in rebias)
+        at_probe = -torch.expm1(start.unsqueeze(1) + log_a.cumsum(1))  # 1 - prod a at each probe position
+        at_horizon = -torch.expm1(horizon * log_a.mean(dim=(0, 1)).clamp(max=-1e-12))
+        q = q * at_probe.clamp_min(1e-20) / at_horizon
     qs = q if last is None else q[:, -last:]
-    return (qs.detach().abs().float().mean(dim=(0, 1)) * k.detach().abs().float().mean(dim=(0, 1)))
+    return qs.abs().mean(dim=(0, 1)) * k.detach().abs().float().mean(dim=(0, 1))
 
 
 def retention_mass(log_a: torch.Tensor, edges: list[tuple[int, int]], write_weighted: bool = True,
