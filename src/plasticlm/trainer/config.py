@@ -84,8 +84,9 @@ class LossConfig:
     """Log the retention mass every this many steps (every step when proxy_weight > 0)."""
     proxy_weighting: str = "gates"
     """'gates': each channel counts by its gates alone, (1 - a) a^k (DESIGN 3); 'read': also by how
-    strongly the readout uses it, mean |q| x mean |k| on the probe (RQ4 found this closer to the
-    measured gradient into the memory's writes)."""
+    strongly the readout uses it, mean |q| x mean |k| on the probe, q's bias correction taken at
+    the horizon (``losses.read_weight``; RQ4 found this closer to the measured gradient into the
+    memory's writes)."""
 
 
 @dataclass
