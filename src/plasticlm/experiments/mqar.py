@@ -221,7 +221,7 @@ def report(cfg: Config, records: list[dict], out: Path | None) -> str:
     for r in sorted(records, key=lambda r: r["id"]):
         lines.append(f"| {r['id']} | " + " | ".join(f"{r['accuracy'][p]:.3f}" for p in pairs) + " | " +
                      " | ".join(clean(r, p) for p in pairs) + f" | {r['steps']} | {r['seconds']:.0f} |")
-    if out is not None and best:
+    if out is not None and (best or abl):
         lines += ["", *plots(cfg, best, abl, out)]
     return "\n".join(lines) + "\n"
 
@@ -230,8 +230,20 @@ def plots(cfg: Config, best: dict, abl: dict, out: Path) -> list[str]:
     from ..eval.results import legend, pyplot
 
     plt = pyplot()
-    pairs = [str(p) for p in cfg.protocol.num_kv_pairs]
     names = []
+    if abl:  # where each variant's training loss stops: the plateaus say which stage it reached
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for (a, d), r in sorted(abl.items()):
+            if r["train_loss"]:
+                ax.plot(*zip(*r["train_loss"]), lw=1, label=f"{a}, d_model {d} (lr {r['lr']:g})")
+        loss_axes(ax, cfg, "MQAR training loss, ablation of the plain gated average")
+        fig.tight_layout()
+        fig.savefig(out / "ablation_loss_curves.png", dpi=110)
+        plt.close(fig)
+        names.append("ablation_loss_curves.png")
+    if not best:
+        return [f"![{n}]({n})" for n in names]
+    pairs = [str(p) for p in cfg.protocol.num_kv_pairs]
     fig, axes = plt.subplots(1, len(pairs), figsize=(5 * len(pairs), 4), squeeze=False)
     for ax, p in zip(axes[0], pairs):
         for m in cfg.models:
@@ -253,15 +265,22 @@ def plots(cfg: Config, best: dict, abl: dict, out: Path) -> list[str]:
         r = best.get((m, d))
         if r and r["train_loss"]:
             ax.plot(*zip(*r["train_loss"]), lw=1, label=f"{m} (lr {r['lr']:g})")
-    for k, v in plateaus(cfg.protocol).items():
-        ax.axhline(v, ls="--", lw=0.8, color="gray")
-        ax.annotate(k, (0.01, v), xycoords=("axes fraction", "data"), fontsize=7, color="gray")
-    ax.set(xlabel="step", ylabel="train loss (value positions)", title=f"MQAR training loss, d_model {d}",
-           ylim=(0, math.log(cfg.protocol.vocab) + 0.5))
-    ax.grid(alpha=0.3)
-    legend(ax, fontsize=7)
+    loss_axes(ax, cfg, f"MQAR training loss, d_model {d}")
     fig.tight_layout()
     fig.savefig(out / "loss_curves.png", dpi=110)
     plt.close(fig)
     names.append("loss_curves.png")
     return [f"![{n}]({n})" for n in names]
+
+
+def loss_axes(ax, cfg: Config, title: str) -> None:
+    """Training-loss axes with the plateaus (ln values -> ln pairs -> 0) drawn in."""
+    from ..eval.results import legend
+
+    for k, v in plateaus(cfg.protocol).items():
+        ax.axhline(v, ls="--", lw=0.8, color="gray")
+        ax.annotate(k, (0.01, v), xycoords=("axes fraction", "data"), fontsize=7, color="gray")
+    ax.set(xlabel="step", ylabel="train loss (value positions)", title=title,
+           ylim=(0, math.log(cfg.protocol.vocab) + 0.5))
+    ax.grid(alpha=0.3)
+    legend(ax, fontsize=7)
