@@ -129,6 +129,24 @@ def test_transformer_under_bf16_autocast_keeps_one_dtype_for_attention():
     assert logits.dtype == torch.bfloat16 and cache.keys[0].dtype == torch.bfloat16 and torch.isfinite(step).all()
 
 
+def test_sliding_window_scores_equal_a_fresh_read_of_the_last_window_tokens():
+    """One layer (deeper ones reach further through the layers below): with window W, the score
+    of every position equals that of a fresh forward over just the W tokens ending there (RoPE is
+    relative), whatever the piece length, also across pieces and in a first piece longer than W."""
+    torch.manual_seed(0)
+    model = Transformer(TransformerConfig(vocab_size=V, d_model=16, n_layers=1, n_heads=2)).double()
+    x = torch.randint(0, V, (2, 40))
+    W = 8
+    want = torch.stack([model(x[:, max(0, p - W + 1):p + 1])[0][:, -1] for p in range(40)], 1).log_softmax(-1)
+    for piece in (3, 8, 13, 40):
+        lm = TransformerAsLM(model, piece=piece, window=W)
+        got, _ = lm.score(x, lm.init_state(2))
+        assert torch.allclose(got.double(), want, atol=1e-5), piece
+    lm = TransformerAsLM(model, piece=8)
+    full, _ = lm.score(x, lm.init_state(2))  # without a window only the first W positions agree
+    assert torch.allclose(full[:, :W].double(), want[:, :W], atol=1e-5) and not torch.allclose(full.double(), want, atol=1e-3)
+
+
 def test_transformer_window_bounds_the_cache():
     model = build("transformer")
     lm = TransformerAsLM(model, piece=8, window=16)

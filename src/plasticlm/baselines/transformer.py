@@ -123,11 +123,14 @@ class KVCache:
 
     ``keys[l]`` and ``values[l]`` are (B, H, N, head_dim) for layer l; ``position`` is the absolute
     position of the next token (more than N once :meth:`trim` dropped the oldest positions).
+    ``window``: each query attends to at most the last ``window`` positions, itself included (a
+    sliding window, set by :meth:`trim`); None: to every cached position.
     """
 
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
     position: int = 0
+    window: int | None = None
 
     @property
     def batch_size(self) -> int:
@@ -141,24 +144,29 @@ class KVCache:
         return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
 
     def detach(self) -> "KVCache":
-        return KVCache([k.detach() for k in self.keys], [v.detach() for v in self.values], self.position)
+        return KVCache([k.detach() for k in self.keys], [v.detach() for v in self.values], self.position, self.window)
 
     def clone(self) -> "KVCache":
-        return KVCache([k.clone() for k in self.keys], [v.clone() for v in self.values], self.position)
+        return KVCache([k.clone() for k in self.keys], [v.clone() for v in self.values], self.position, self.window)
 
     def to(self, *args, **kwargs) -> "KVCache":
         return KVCache([k.to(*args, **kwargs) for k in self.keys], [v.to(*args, **kwargs) for v in self.values],
-                       self.position)
+                       self.position, self.window)
 
     def trim(self, window: int | None) -> "KVCache":
-        """Keep only the last ``window`` positions (None keeps all): a sliding-window Transformer.
+        """A sliding-window Transformer's cache: only the last ``window`` positions are kept (None
+        keeps all), and from now on every query sees at most ``window`` positions, itself included,
+        also inside the next piece (without that, its last query would see window + piece - 1,
+        distances training never showed).
 
         RoPE scores depend on relative positions only, so the kept keys stay valid as they are.
         """
-        if window is None or self.length <= window:
+        if window is None:
             return self
+        if self.length <= window:
+            return dataclasses.replace(self, window=window)
         return KVCache([k[:, :, -window:] for k in self.keys], [v[:, :, -window:] for v in self.values],
-                       self.position)
+                       self.position, window)
 
 
 def rope_tables(positions: torch.Tensor, head_dim: int, base: float, dtype: torch.dtype):
@@ -187,8 +195,9 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
         self.proj_out = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
 
-    def forward(self, x, cos, sin, past_k, past_v):
-        """x (B, T, d) after the cached (B, H, P, head_dim) keys/values -> (y (B, T, d), keys, values)."""
+    def forward(self, x, cos, sin, past_k, past_v, window: int | None = None):
+        """x (B, T, d) after the cached (B, H, P, head_dim) keys/values -> (y (B, T, d), keys, values).
+        ``window``: each query sees at most that many positions, itself included."""
         B, T, d = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (B, H, T, hd)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
@@ -196,13 +205,15 @@ class Attention(nn.Module):
         if P:
             k = torch.cat((past_k.to(k.dtype), k), dim=2)  # (B, H, P + T, hd)
             v = torch.cat((past_v.to(v.dtype), v), dim=2)
-        if P == 0:
+        banded = window is not None and P + T > window
+        if P == 0 and not banded:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        elif T == 1:  # one new token sees every cached position
+        elif T == 1 and not banded:  # one new token sees every cached position
             y = F.scaled_dot_product_attention(q, k, v)
         else:
             # is_causal aligns the mask top-left; with a cache query i sits at position P + i.
-            mask = torch.arange(P + T, device=x.device) <= (P + torch.arange(T, device=x.device))[:, None]
+            lag = (P + torch.arange(T, device=x.device))[:, None] - torch.arange(P + T, device=x.device)
+            mask = (lag >= 0) & (lag < window) if banded else lag >= 0
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, T, hd)
         return self.proj_out(y.transpose(1, 2).reshape(B, T, d)), k, v
 
@@ -213,8 +224,8 @@ class TransformerBlock(nn.Module):
         self.norm_a, self.attn = RMSNorm(cfg.d_model, cfg.norm_eps), Attention(cfg)
         self.norm_f, self.ffn = RMSNorm(cfg.d_model, cfg.norm_eps), FeedForward(cfg)
 
-    def forward(self, x, cos, sin, past_k, past_v):
-        a, k, v = self.attn(self.norm_a(x), cos, sin, past_k, past_v)
+    def forward(self, x, cos, sin, past_k, past_v, window: int | None = None):
+        a, k, v = self.attn(self.norm_a(x), cos, sin, past_k, past_v, window)
         x = x + a
         return x + self.ffn(self.norm_f(x)), k, v
 
@@ -265,10 +276,10 @@ class Transformer(nn.Module):
                                torch.promote_types(x.dtype, torch.float32))
         keys, values = [], []
         for block, pk, pv in zip(self.blocks, state.keys, state.values):
-            x, k, v = block(x, cos, sin, pk, pv)
+            x, k, v = block(x, cos, sin, pk, pv, state.window)
             keys.append(k)
             values.append(v)
-        return self.norm(x), KVCache(keys, values, state.position + T)
+        return self.norm(x), KVCache(keys, values, state.position + T, state.window)
 
     def forward(self, tokens, state: KVCache | None = None):
         """tokens (B, T) int -> (logits (B, T, vocab), cache after them)."""
@@ -298,9 +309,10 @@ class TransformerAsLM(PiecewiseLM):
     """The Transformer behind the evaluations' LM interface; the state is its KV cache.
 
     Text is read in pieces of ``piece`` tokens with the cache carried, so scores equal one
-    forward over the whole text. ``window`` (None: unbounded) keeps only the last ``window``
-    cached positions after each piece, bounding memory on long streams at the price of exactness
-    beyond the window. Generation (``LM.generate``) decodes one token at a time from the cache.
+    forward over the whole text. ``window`` (None: unbounded) makes it a sliding-window
+    Transformer: every query sees the last ``window`` positions, itself included, and the cache
+    keeps only those, bounding memory on long streams. Generation (``LM.generate``) decodes one
+    token at a time from the cache.
     """
 
     name = "transformer"
@@ -310,6 +322,9 @@ class TransformerAsLM(PiecewiseLM):
             raise ValueError(f"window must be None or >= 1, got {window!r}")
         super().__init__(model, piece)
         self.window = window
+
+    def init_state(self, batch_size: int) -> KVCache:
+        return self.model.init_state(batch_size).trim(self.window)
 
     def _carry(self, state: KVCache) -> KVCache:
         return state.trim(self.window)
