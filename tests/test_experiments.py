@@ -2,6 +2,7 @@
 import dataclasses
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -322,3 +323,57 @@ def test_bad_names_and_settings_are_one_clear_line(capsys):
     assert "unknown models or ablations ['lstm']" in capsys.readouterr().err
     assert main(["experiment", "--list"]) == 0
     assert "mqar: Does plasticlm's memory learn" in capsys.readouterr().out
+
+
+def test_a_run_another_process_holds_is_refused_by_name(tmp_path):
+    """A worker left running by a launcher killed outright holds its run's lock: a second launch
+    refuses that run instead of resuming the folder under it."""
+    from plasticlm.files import locked
+
+    out = tmp_path / "e"
+    first = experiment_module("mqar").plan(make_config("mqar", True))[0]
+    with locked(out / "work" / (first.id.replace("/", "_") + ".lock")):
+        with pytest.raises(RuntimeError, match=f"run {first.id} is being run by another process"):
+            run_experiment("mqar", quick=True, out=out, progress=False)
+    run_experiment("mqar", quick=True, out=out, progress=False)  # free again: it runs
+    assert json.loads((out / "results.json").read_text())["planned_runs"] > 0
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_pool_workers_end_when_the_launcher_is_killed_outright(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    # The worker runs the initializer the runner gives its pool, and is busy when the launcher
+    # dies (an idle pool worker leaves by itself once its task queue closes; a busy one did not).
+    launcher = ("import multiprocessing, os, sys, time\n"
+                "from plasticlm.experiments.runner import _die_with_parent\n"
+                "if __name__ == '__main__':\n"
+                "    init = (_die_with_parent, (os.getpid(),)) if sys.argv[1] == 'on' else (None, ())\n"
+                "    pool = multiprocessing.get_context('spawn').Pool(1, *init)\n"
+                "    pid = pool.apply(os.getpid)\n"
+                "    pool.apply_async(time.sleep, (30,))\n"
+                "    time.sleep(0.5)\n"
+                "    print(pid, flush=True)\n"
+                "    time.sleep(60)\n")
+    script = tmp_path / "launch.py"
+    script.write_text(launcher)
+    def outlives_its_launcher(initializer: str) -> bool:
+        proc = subprocess.Popen([sys.executable, str(script), initializer], stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True)
+        worker = int(proc.stdout.readline())
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        for _ in range(30):
+            try:
+                os.kill(worker, 0)
+            except ProcessLookupError:
+                return False
+            time.sleep(0.1)
+        os.kill(worker, signal.SIGKILL)
+        return True
+
+    assert outlives_its_launcher("off")  # the failure this guards against
+    assert not outlives_its_launcher("on")

@@ -170,14 +170,15 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> No
 
 
 @contextlib.contextmanager
-def locked(path: str | os.PathLike) -> Iterator[None]:
+def locked(path: str | os.PathLike, wait: bool = True) -> Iterator[None]:
     """Hold an exclusive lock on the file ``path`` (created if missing) for the block: processes
-    that build the same shared file (an experiment's corpus, from parallel runs) take turns."""
+    that build the same shared file (an experiment's corpus, from parallel runs) take turns.
+    ``wait=False``: raise BlockingIOError at once if another holder has it."""
     import fcntl
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         try:
             yield
         finally:

@@ -10,10 +10,13 @@ file made with another config is never mixed with: the command refuses and says 
 
 Scratch files of runs (trainer checkpoints, metrics) go under ``OUT/work/`` (not committed). An
 unfinished run starts over, unless its experiment sets ``RESUMES_RUNS`` (its runs resume from
-their trainer checkpoints).
+their trainer checkpoints). A run holds a lock on its folder while it executes, so a second
+launch never resumes a folder that a process of the first (say, a worker whose launcher was
+killed outright) is still writing; on Linux such workers are also ended by the kernel.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -21,6 +24,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +33,7 @@ from typing import Any
 from tqdm import tqdm
 
 from ..eval.results import jsonable
-from ..files import atomic_write
+from ..files import atomic_write, locked
 from ..provenance import provenance
 from ..settings import apply_overrides, from_dict
 
@@ -115,14 +119,39 @@ def _execute(name: str, cfg_dict: dict, run: dict, device: str, work: str, threa
     cfg = from_dict(mod.Config, cfg_dict, name)
     r = Run(run["id"], run["params"], run.get("needs", []))
     d = Path(work) / r.id.replace("/", "_")
-    if d.exists() and not getattr(mod, "RESUMES_RUNS", False):  # an unfinished attempt: start over
-        shutil.rmtree(d)
-    t0 = time.perf_counter()
-    record = mod.execute(cfg, r, device, d)
-    shutil.rmtree(d, ignore_errors=True)
+    with contextlib.ExitStack() as stack:
+        # A worker outlives a launcher killed with SIGKILL and goes on writing its run's folder;
+        # a second launch must not resume that folder under it.
+        lock = d.with_name(d.name + ".lock")
+        try:
+            stack.enter_context(locked(lock, wait=False))
+        except BlockingIOError:
+            raise RuntimeError(f"experiment {name}: run {r.id} is being run by another process (it holds {lock}): "
+                               "a worker left from an earlier launch? Stop it (its parent is gone: look for "
+                               "orphaned python processes) before resuming") from None
+        if d.exists() and not getattr(mod, "RESUMES_RUNS", False):  # an unfinished attempt: start over
+            shutil.rmtree(d)
+        t0 = time.perf_counter()
+        record = mod.execute(cfg, r, device, d)
+        shutil.rmtree(d, ignore_errors=True)
     meta = provenance(device)
     return {"id": r.id, **record, "params": r.params, "seconds": round(time.perf_counter() - t0, 1),
             "date": meta["date"], "commit": commit, "device": meta["device"]}
+
+
+def _die_with_parent(parent: int) -> None:
+    """Pool initializer: on Linux, ask the kernel for SIGTERM when the launcher dies, however it
+    dies (SIGKILL included), so no orphan goes on training into a folder a new launch resumes."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the launcher died before the request
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _raise_interrupt(signum, frame):
@@ -197,10 +226,11 @@ def run_experiment(name: str, *, device: str = "cpu", quick: bool = False, out: 
                 done(_execute(name, cfg_dict, dataclasses.asdict(r), device, str(work), threads, commit))
         else:
             # A pool whose workers die with the run: the context manager terminates them on any
-            # exception, and SIGTERM is turned into one.
+            # exception, SIGTERM is turned into one, and on Linux the kernel ends them if the
+            # launcher is killed outright.
             previous = signal.signal(signal.SIGTERM, _raise_interrupt)
             try:
-                with multiprocessing.get_context("spawn").Pool(jobs) as pool:
+                with multiprocessing.get_context("spawn").Pool(jobs, _die_with_parent, (os.getpid(),)) as pool:
                     waiting, pending = list(todo), {}
                     while waiting or pending:
                         ready = [r for r in waiting if all(n in doc["runs"] for n in r.needs)]
