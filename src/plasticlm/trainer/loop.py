@@ -275,8 +275,8 @@ class Trainer:
             if lc.proxy_weighting == "read":
                 masses = []
                 for i, (q, k, _, log_a, _, _) in enumerate(self.model.memory_inputs(probe, state)):
-                    rebias = None
-                    if getattr(self.cfg.model, "corrects_bias", False):  # weigh the read at the horizon, not at the probe
+                    rebias = None  # with bias correction: weigh the read at the horizon, not at the probe
+                    if getattr(self.cfg.model, "corrects_bias", False):
                         start = (state.layer(i)["log_gate_prod"] if state is not None
                                  else torch.zeros_like(log_a[:, 0]))
                         rebias = (log_a, start, self.horizon)
