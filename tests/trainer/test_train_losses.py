@@ -88,11 +88,10 @@ def test_read_weight_moves_the_bias_correction_to_the_horizon():
     assert torch.allclose(got, want, rtol=1e-4)
 
 
-def test_memory_inputs_are_the_ones_the_forward_pass_uses(monkeypatch):
+def inputs_of_the_forward_pass(m, tokens, monkeypatch) -> list[list[torch.Tensor]]:
+    """What each layer's Memory.inputs returned (q, k, v, log a, output gate) in a plain forward."""
     from plasticlm import model as model_mod
 
-    m = small_model(short_conv=4, bias_correction=True)
-    tokens = torch.randint(0, 64, (2, 20))
     seen = []
     inputs = model_mod.Memory.inputs
 
@@ -105,6 +104,13 @@ def test_memory_inputs_are_the_ones_the_forward_pass_uses(monkeypatch):
     with torch.no_grad():
         m(tokens)
     monkeypatch.undo()
+    return seen
+
+
+def test_memory_inputs_are_the_ones_the_forward_pass_uses(monkeypatch):
+    m = small_model(short_conv=4, bias_correction=True)
+    tokens = torch.randint(0, 64, (2, 20))
+    seen = inputs_of_the_forward_pass(m, tokens, monkeypatch)
     got = m.memory_inputs(tokens)
     assert len(got) == len(seen) == 2
     for g, s in zip(got, seen):
@@ -113,22 +119,9 @@ def test_memory_inputs_are_the_ones_the_forward_pass_uses(monkeypatch):
 
 
 def test_gates_are_the_ones_the_forward_pass_uses(monkeypatch):
-    from plasticlm import model as model_mod
-
     m = small_model()
     tokens = torch.randint(0, 64, (2, 20))
-    seen = []
-    inputs = model_mod.Memory.inputs
-
-    def spy(self, x, S):
-        out = inputs(self, x, S)
-        seen.append(out[3].detach().clone())
-        return out
-
-    monkeypatch.setattr(model_mod.Memory, "inputs", spy)
-    with torch.no_grad():
-        m(tokens)
-    monkeypatch.undo()
+    seen = [s[3] for s in inputs_of_the_forward_pass(m, tokens, monkeypatch)]
     gates = m.gates(tokens)
     assert len(gates) == len(seen) == 2
     for g, s in zip(gates, seen):

@@ -70,14 +70,20 @@ def _gradients(model, probes: torch.Tensor, last: int) -> tuple[torch.Tensor, to
     return grads / B, writes / B
 
 
-def proxy_curve(model, probes: torch.Tensor, weighted: bool = True) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """(T,) the proxy's retention by lag, sum over channels (mean over layers) of w_c a_c^k for
-    k = 0..T-1 (w_c = 1 - a_c, or 1 with ``weighted=False``), and each layer's gates on the probes."""
+def proxy_curves(model, probes: torch.Tensor, last: int) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor,
+                                                                   torch.Tensor]:
+    """Each layer's gates on the probes, and by layer and lag k = 0..T-1 the proxy's retention:
+    sum over channels of w_c a_c^k with w_c = 1 - a_c, the same with w_c = 1, and read-weighted
+    (channel c also weighted by mean |q_c| over the loss's last positions times mean |k_c| over
+    the probe: :func:`plasticlm.trainer.losses.read_weight`, where the reason is). One forward."""
     T = probes.shape[1] - 1
     with torch.no_grad():
-        gates = model.gates(probes[:, :-1])
-    curves = [_retention(g, T, weighted) for g in gates]
-    return torch.stack(curves).mean(0), gates
+        layers = model.memory_inputs(probes[:, :-1])
+    gates = [log_a for _, _, _, log_a, _, _ in layers]
+    plain = torch.stack([_retention(g, T) for g in gates])
+    flat = torch.stack([_retention(g, T, weighted=False) for g in gates])
+    read = torch.stack([_retention(log_a, T, True, read_weight(q, k, last)) for q, k, _, log_a, _, _ in layers])
+    return gates, plain, flat, read
 
 
 def _retention(log_a: torch.Tensor, T: int, weighted: bool = True, channel_weight=None) -> torch.Tensor:
@@ -86,16 +92,6 @@ def _retention(log_a: torch.Tensor, T: int, weighted: bool = True, channel_weigh
     if channel_weight is not None:
         w = w * channel_weight.double().reshape(-1, 1)
     return (w * torch.exp(la * torch.arange(T, dtype=torch.float64))).sum(0)
-
-
-def read_weighted_curves(model, probes: torch.Tensor, last: int) -> torch.Tensor:
-    """(layers, T): the proxy corrected by what the memory's readout does with each channel,
-    channel c weighted by mean |q_c| over the loss's last positions times mean |k_c| over the
-    probe (:func:`plasticlm.trainer.losses.read_weight`, where the reason is)."""
-    T = probes.shape[1] - 1
-    with torch.no_grad():
-        layers = model.memory_inputs(probes[:, :-1])
-    return torch.stack([_retention(log_a, T, True, read_weight(q, k, last)) for q, k, _, log_a, _, _ in layers])
 
 
 def loss_window(curve, last: int) -> torch.Tensor:
@@ -127,10 +123,8 @@ def measure(model, probes: torch.Tensor, edges: list[tuple[int, int]], last: int
     T = probes.shape[1] - 1
     cut = [(k0, min(k1, T)) for k0, k1 in edges if k0 < T]
     real, writes = _gradients(model, probes, last)
-    proxy, gates = proxy_curve(model, probes, weighted=True)
-    flat, _ = proxy_curve(model, probes, weighted=False)
-    layer_proxy = [_retention(g, T) for g in gates]
-    read_weighted = read_weighted_curves(model, probes, last)
+    gates, layer_proxy, layer_flat, read_weighted = proxy_curves(model, probes, last)
+    proxy, flat = layer_proxy.mean(0), layer_flat.mean(0)  # the whole model: mean over layers
     return {"real_by_lag": real.tolist(), "proxy_by_lag": proxy.tolist(), "unweighted_by_lag": flat.tolist(),
             "edges": [list(e) for e in cut],
             "real_band_shares": band_shares(real, cut), "proxy_band_shares": band_shares(proxy, cut),
