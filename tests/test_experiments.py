@@ -377,3 +377,18 @@ def test_pool_workers_end_when_the_launcher_is_killed_outright(tmp_path):
 
     assert outlives_its_launcher("off")  # the failure this guards against
     assert not outlives_its_launcher("on")
+
+
+def test_reading_repeat_option_reaches_the_training_stream_only(tmp_path, monkeypatch):
+    """E3's induction positive control: the rows with a string read twice are trained on, and the
+    report says so; the held-out figures still read plain text."""
+    from plasticlm.trainer import stream_kinds
+
+    calls = []
+    write = stream_kinds.ByteStream._write_repeats
+    monkeypatch.setattr(stream_kinds.ByteStream, "_write_repeats",
+                        lambda self, seq: calls.append(self.repeat.fraction) or write(self, seq))
+    out = tmp_path / "reading"
+    run_experiment("reading", quick=True, out=out, progress=False, overrides=['repeat={"fraction": 1.0}'])
+    assert calls and set(calls) == {1.0}
+    assert "100% of the training rows carry a random string written twice" in (out / "results.md").read_text()

@@ -1,6 +1,7 @@
 """Non-finite steps are skipped on every rank and counted; SIGTERM saves a checkpoint and stops."""
 from __future__ import annotations
 
+import dataclasses
 import signal
 import subprocess
 import sys
@@ -40,8 +41,13 @@ class Poisoned:
         self.n = state["n"]
 
 
+def _plain(data):
+    """The byte stream's config without this wrapper's own option ('bad'), which it would reject."""
+    return dataclasses.replace(data, options={})
+
+
 def _poisoned(data, **kw):
-    return Poisoned(_byte_stream(data, **kw), data.options.get("bad", []) if kw["split"] == "train" else [])
+    return Poisoned(_byte_stream(_plain(data), **kw), data.options.get("bad", []) if kw["split"] == "train" else [])
 
 
 register_stream("poisoned_bytes", _poisoned, lambda data: ByteTokenizer())
@@ -118,7 +124,7 @@ class Weightless(Poisoned):
         return b
 
 
-register_stream("weightless_bytes", lambda data, **kw: Weightless(_byte_stream(data, **kw), data.options.get(
+register_stream("weightless_bytes", lambda data, **kw: Weightless(_byte_stream(_plain(data), **kw), data.options.get(
     "bad", []) if kw["split"] == "train" else []), lambda data: ByteTokenizer())
 
 

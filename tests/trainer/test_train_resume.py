@@ -79,6 +79,37 @@ def test_byte_stream_serves_whole_sequences_of_one_length_per_batch(tmp_path):
     assert len(widths) > 5
 
 
+def test_byte_stream_repeats_write_a_random_string_twice_and_leave_the_plain_stream_alone(tmp_path):
+    from plasticlm.trainer.stream_kinds import build_stream
+
+    plain = build_stream(tiny_config(tmp_path, "data.seq_len=128").data, seed=4)
+    off = build_stream(tiny_config(tmp_path, "data.seq_len=128", "data.options={fraction: 0.0}").data, seed=4)
+    on = build_stream(tiny_config(tmp_path, "data.seq_len=128",
+                                  "data.options={fraction: 1.0, min_len: 8, max_len: 40}").data, seed=4)
+    for _ in range(3):  # fraction 0 draws nothing more: the same batches as a plain stream
+        assert torch.equal(plain.next_batch().tokens, off.next_batch().tokens)
+    seen = set()
+    for _ in range(5):
+        b = on.next_batch()
+        seq = torch.cat([b.tokens, b.targets[:, -1:]], 1)  # all L + 1 tokens of each row
+        assert torch.equal(b.tokens[:, 1:], b.targets[:, :-1])
+        for row in seq:  # some m in [8, 40] and place where m printable bytes are followed by themselves
+            found = [m for m in range(8, 41) for at in range(len(row) - 2 * m + 1)
+                     if torch.equal(row[at:at + m], row[at + m:at + 2 * m]) and bool((row[at:at + m] >= 32).all())
+                     and bool((row[at:at + m] < 127).all())]
+            assert found
+            seen.add(max(found))
+    assert len(seen) > 3  # the length varies
+    valid = build_stream(tiny_config(tmp_path, "data.seq_len=128", "data.options={fraction: 1.0}").data,
+                         split="valid")
+    assert torch.equal(valid.next_batch().tokens,
+                       build_stream(tiny_config(tmp_path, "data.seq_len=128").data, split="valid").next_batch().tokens)
+    with pytest.raises(ValueError, match="data.options.frac"):
+        build_stream(tiny_config(tmp_path, "data.options={frac: 0.5}").data)
+    with pytest.raises(ValueError, match=r"fraction must lie in \[0, 1\]"):
+        build_stream(tiny_config(tmp_path, "data.options={fraction: 2.0}").data)
+
+
 def test_window_mode_cuts_each_batch_into_windows_with_the_state_carried(tmp_path):
     t = Trainer(tiny_config(tmp_path, "steps=8", "data.seq_len=80", "bptt=window", "window=32"), progress=False)
     whole = t.stream.state_dict()

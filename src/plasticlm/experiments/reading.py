@@ -48,6 +48,10 @@ class Config:
     segment_len: int = 256
     valid_fraction: float = 0.1
     """Tail of the builtin corpus held out: the validation loss and the loss-by-position streams."""
+    repeat: dict = field(default_factory=dict)
+    """The byte stream's options (``RepeatConfig`` of ``trainer.stream_kinds``), e.g.
+    ``{"fraction": 0.25}``: training rows that carry a random string written twice, the induction
+    positive control. Empty: plain text only."""
     induction_lengths: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256, 512, 1024])
     induction_samples: int = 16
     position_tokens: int = 16384
@@ -136,7 +140,7 @@ def execute(cfg: Config, run: Run, device: str, work: Path) -> dict:
         arch=arch, model=mcfg, seed=p["seed"], device=device, out_dir=str(work / "train"), steps=cfg.steps,
         segment_len=cfg.segment_len, backprop="segment" if archs.get(arch).segment else "full",
         data=DataConfig(kind="bytes", source="builtin", seq_len=cfg.seq_len, batch_size=cfg.batch_size,
-                        valid_fraction=cfg.valid_fraction),
+                        valid_fraction=cfg.valid_fraction, options=dict(cfg.repeat)),
         optim=OptimConfig(lr=cfg.lr, warmup_steps=cfg.warmup_steps),
         checkpoint=CheckpointConfig(every=max(1, cfg.steps // 6)),  # a long run resumes where it stopped
         log=LogConfig(every=10, tensorboard="disabled", eval_every=max(1, cfg.steps // 6)),
@@ -206,9 +210,11 @@ def headline(record: dict) -> str:
 
 def report(cfg: Config, records: list[dict], out: Path | None) -> str:
     recs = sorted(records, key=lambda r: (r["params"]["seed"], cfg.models.index(r["params"]["model"])))
+    repeats = (f" {cfg.repeat.get('fraction', 0):.0%} of the training rows carry a random string written twice "
+               f"({cfg.repeat})." if cfg.repeat.get("fraction") else "")
     lines = [f"Training: bytes of the builtin corpus (the last {cfg.valid_fraction:.0%} held out), whole "
              f"sequences of {cfg.seq_len}, batch {cfg.batch_size}, {cfg.steps} steps, lr {cfg.lr}; d_model "
-             f"{cfg.d_model}, {cfg.n_layers} layers; plasticlm with {cfg.design}.", "",
+             f"{cfg.d_model}, {cfg.n_layers} layers; plasticlm with {cfg.design}.{repeats}", "",
              "| model | seed | params | tokens | tok/s | valid bits/byte |", "|---|---:|---:|---:|---:|---:|"]
     for r in recs:
         t = r["train"]

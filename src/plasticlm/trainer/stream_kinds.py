@@ -7,10 +7,12 @@ world_size, seed) -> Stream`` and ``tokenizer(data) -> Tokenizer``; the pretrain
 
 :class:`ByteStream` ('bytes') reads UTF-8 bytes of a text: a batch holds ``batch_size`` whole
 sequences, random spans of the text, all of one length drawn uniformly in [``min_len``,
-``seq_len``] for that batch (so there is no padding).
+``seq_len``] for that batch (so there is no padding). Its ``data.options`` are
+:class:`RepeatConfig` fields: a share of training rows can carry a random string written twice.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -88,11 +90,33 @@ def byte_ids(source: str) -> torch.Tensor:
     return _TEXT_CACHE[source]
 
 
+@dataclass
+class RepeatConfig:
+    """The 'bytes' stream's options (``data.options``): random strings read twice, in text."""
+
+    fraction: float = 0.0
+    """Share of training rows that carry a random printable string (bytes 32-126) written twice
+    in a row at a random place. The second copy is predictable only from the first, so a model
+    trained on such rows is rewarded for copying what it read: E3's induction positive control.
+    0 leaves the stream as it was, draw for draw."""
+    min_len: int = 16
+    max_len: int = 512
+    """The string's length, drawn log-uniformly in [min_len, max_len] and cut to half the row."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.fraction <= 1.0:
+            raise ValueError(f"data.options.fraction must lie in [0, 1], got {self.fraction}")
+        if not 1 <= self.min_len <= self.max_len:
+            raise ValueError(f"data.options: need 1 <= min_len <= max_len, got {self.min_len} and {self.max_len}")
+
+
 class ByteStream:
     """Batches of whole byte sequences (see the module docstring)."""
 
-    def __init__(self, ids: torch.Tensor, batch_size: int, seq_len: int, min_len: int, seed: int, rank: int = 0):
+    def __init__(self, ids: torch.Tensor, batch_size: int, seq_len: int, min_len: int, seed: int, rank: int = 0,
+                 repeat: RepeatConfig | None = None):
         self.ids, self.B, self.T, self.min_len = ids, batch_size, seq_len, min_len or seq_len
+        self.repeat = repeat or RepeatConfig()
         if len(ids) < self.T + 1:
             raise ValueError(f"the text holds {len(ids)} tokens, fewer than one sequence of seq_len + 1 = {self.T + 1}")
         self.rng = np.random.default_rng([seed, rank])  # ranks draw disjoint random streams
@@ -101,8 +125,25 @@ class ByteStream:
         L = int(self.rng.integers(self.min_len, self.T + 1))
         starts = torch.from_numpy(self.rng.integers(0, len(self.ids) - L, self.B))
         seq = self.ids[starts[:, None] + torch.arange(L + 1)]  # (B, L + 1)
+        if self.repeat.fraction > 0:  # no draws otherwise: a plain stream stays as it always was
+            seq = self._write_repeats(seq)
         return Batch(seq[:, :-1], seq[:, 1:], torch.ones(self.B, L), torch.ones(self.B, dtype=torch.bool),
                      torch.full((self.B,), L))
+
+    def _write_repeats(self, seq: torch.Tensor) -> torch.Tensor:
+        r = self.repeat
+        n = seq.shape[1]  # L + 1 tokens: inputs and targets share the copies
+        lo, hi = min(r.min_len, n // 2), min(r.max_len, n // 2)
+        if lo < 1:
+            return seq
+        seq = seq.clone()
+        for b in np.flatnonzero(self.rng.random(self.B) < r.fraction):
+            m = int(round(math.exp(self.rng.uniform(math.log(lo), math.log(hi)))))
+            at = int(self.rng.integers(0, n - 2 * m + 1))
+            s = torch.from_numpy(self.rng.integers(32, 127, m))
+            seq[b, at:at + m] = s
+            seq[b, at + m:at + 2 * m] = s
+        return seq
 
     def state_dict(self) -> dict[str, Any]:
         return {"kind": "bytes", "rng": self.rng.bit_generator.state, "rows": self.B}
@@ -122,10 +163,15 @@ def _byte_stream(data: DataConfig, *, split: str, rank: int, world_size: int, se
                          "plus a validation split")
     if split not in ("train", "valid"):
         raise ValueError(f"bytes stream: split must be 'train' or 'valid', got {split!r}")
+    from ..settings import from_dict
+
+    repeat = from_dict(RepeatConfig, data.options, "data.options")
     part = ids[:-n_valid] if split == "train" else ids[-n_valid:]
-    # Validation always reads sequences of seq_len, so its loss is comparable from run to run.
-    return ByteStream(part, data.batch_size // world_size, data.seq_len, data.min_len if split == "train" else 0,
-                      seed=seed if split == "train" else 12345, rank=rank)
+    # Validation always reads plain sequences of seq_len, so its loss is comparable from run to run.
+    if split == "valid":
+        return ByteStream(part, data.batch_size // world_size, data.seq_len, 0, seed=12345, rank=rank)
+    return ByteStream(part, data.batch_size // world_size, data.seq_len, data.min_len, seed=seed, rank=rank,
+                      repeat=repeat)
 
 
 register_stream("bytes", _byte_stream, lambda data: ByteTokenizer())
