@@ -392,3 +392,37 @@ def test_reading_repeat_option_reaches_the_training_stream_only(tmp_path, monkey
     run_experiment("reading", quick=True, out=out, progress=False, overrides=['repeat={"fraction": 1.0}'])
     assert calls and set(calls) == {1.0}
     assert "100% of the training rows carry a random string written twice" in (out / "results.md").read_text()
+
+
+def test_induction_scores_each_copy_of_the_string_apart():
+    """A model that copies (it predicts the token L back on the second copy) reads ~0 there and
+    ln V on the first; one that does not copy reads the same on both. An off-by-one in the
+    measure would show as a copier scoring badly on its second copy."""
+    import math
+
+    import torch
+
+    from plasticlm.experiments.reading import induction
+
+    V = 272
+
+    class Copier:
+        def __init__(self, L, copies):
+            self.L, self.copies = L, copies
+
+        def init_state(self, n):
+            return None
+
+        def score(self, x, state):
+            N, T = x.shape
+            logits = torch.zeros(N, T, V)
+            if self.copies:
+                for p in range(self.L, T):  # predicting x[p + 1] = x[p + 1 - L], already read
+                    logits[torch.arange(N), p, x[:, p + 1 - self.L]] = 30.0
+            return torch.log_softmax(logits, -1), state
+
+    for L in (4, 16):
+        copied = induction(Copier(L, True), [L], samples=3, seed=0)[str(L)]
+        assert copied["first"] == pytest.approx(math.log(V), rel=1e-3) and copied["second"] < 1e-6
+        flat = induction(Copier(L, False), [L], samples=3, seed=0)[str(L)]
+        assert flat["first"] == pytest.approx(flat["second"])
