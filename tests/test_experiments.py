@@ -380,8 +380,8 @@ def test_pool_workers_end_when_the_launcher_is_killed_outright(tmp_path):
 
 
 def test_reading_repeat_option_reaches_the_training_stream_only(tmp_path, monkeypatch):
-    """E3's induction positive control: the rows with a string read twice are trained on, and the
-    report says so; the held-out figures still read plain text."""
+    """E3's induction positive control: the experiment's training stream writes the strings read
+    twice, and the report says so (that validation stays plain is the stream's own test)."""
     from plasticlm.trainer import stream_kinds
 
     calls = []

@@ -208,6 +208,12 @@ def headline(record: dict) -> str:
             f"{ind[L]['first']:.2f} -> {ind[L]['second']:.2f} nats")
 
 
+def whole_bins(cfg: Config, record: dict) -> list[int]:
+    """Indices of the position bins the streams fill: the last of ``log_bins`` can hold one position
+    (the 16,384th of a stream of 16,384), a mean over a handful of tokens shown as a bin."""
+    return [i for i, (lo, hi) in enumerate(record["position_bins"]) if hi - 1 <= cfg.position_tokens]
+
+
 def report(cfg: Config, records: list[dict], out: Path | None) -> str:
     recs = sorted(records, key=lambda r: (r["params"]["seed"], cfg.models.index(r["params"]["model"])))
     repeats = (f" {cfg.repeat.get('fraction', 0):.0%} of the training rows carry a random string written twice "
@@ -228,7 +234,8 @@ def report(cfg: Config, records: list[dict], out: Path | None) -> str:
             f"{r['induction'][str(L)]['first']:.2f} -> {r['induction'][str(L)]['second']:.2f}"
             for L in cfg.induction_lengths) + " |")
     if recs:
-        bins = recs[0]["position_bins"]
+        full = whole_bins(cfg, recs[0])
+        bins = [recs[0]["position_bins"][i] for i in full]
         lines += ["", f"### Loss (nats/byte) by position on held-out streams of {cfg.position_tokens} bytes "
                       f"(training length {cfg.seq_len})", "",
                   "| model | reading | " + " | ".join(f"{lo}-{hi - 1}" for lo, hi in bins) + " |",
@@ -236,7 +243,7 @@ def report(cfg: Config, records: list[dict], out: Path | None) -> str:
         for r in recs:
             for mode, vals in r["positions"].items():
                 lines.append(f"| {r['params']['model']} | {mode} | " + " | ".join(
-                    "-" if v is None or math.isnan(v) else f"{v:.3f}" for v in vals) + " |")
+                    "-" if vals[i] is None or math.isnan(vals[i]) else f"{vals[i]:.3f}" for i in full) + " |")
         lines += ["", "### Probes after the most reading (model / shuffled control / untrained)", "",
                   "| model | drift: rule followed | template: fixed word | template: copied word | template: reply |",
                   "|---|---|---|---|---|"]
@@ -261,9 +268,10 @@ def plots(cfg: Config, recs: list[dict], out: Path) -> list[str]:
         Ls = [int(L) for L in r["induction"]]
         axes[0].plot(Ls, [r["induction"][str(L)]["first"] for L in Ls], "--", marker="o", label=f"{m}, 1st copy")
         axes[0].plot(Ls, [r["induction"][str(L)]["second"] for L in Ls], "-", marker="o", label=f"{m}, 2nd copy")
-        mids = [(lo + hi) / 2 for lo, hi in r["position_bins"]]
+        full = whole_bins(cfg, r)
+        mids = [sum(r["position_bins"][i]) / 2 for i in full]
         for mode, vals in r["positions"].items():
-            axes[1].plot(mids, vals, marker=".", label=f"{m}, {mode}")
+            axes[1].plot(mids, [vals[i] for i in full], marker=".", label=f"{m}, {mode}")
     axes[0].set(xscale="log", xlabel="string length L (bytes)", ylabel="loss (nats/byte)",
                 title="Induction: a random string read twice")
     axes[1].axvline(cfg.seq_len, color="gray", lw=0.8, ls=":")

@@ -133,9 +133,7 @@ class ByteStream:
     def _write_repeats(self, seq: torch.Tensor) -> torch.Tensor:
         r = self.repeat
         n = seq.shape[1]  # L + 1 tokens: inputs and targets share the copies
-        lo, hi = min(r.min_len, n // 2), min(r.max_len, n // 2)
-        if lo < 1:
-            return seq
+        lo, hi = min(r.min_len, n // 2), min(r.max_len, n // 2)  # both >= 1: n >= 2, min_len >= 1
         seq = seq.clone()
         for b in np.flatnonzero(self.rng.random(self.B) < r.fraction):
             m = int(round(math.exp(self.rng.uniform(math.log(lo), math.log(hi)))))
