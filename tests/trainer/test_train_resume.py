@@ -80,8 +80,9 @@ def test_byte_stream_serves_whole_sequences_of_one_length_per_batch(tmp_path):
 
 
 def test_byte_stream_repeats_write_a_random_string_twice_and_leave_the_plain_stream_alone(tmp_path):
-    from plasticlm.trainer.stream_kinds import build_stream
+    from plasticlm.trainer.stream_kinds import build_stream, byte_ids
 
+    text = byte_ids("builtin").clone()
     plain = build_stream(tiny_config(tmp_path, "data.seq_len=128").data, seed=4)
     off = build_stream(tiny_config(tmp_path, "data.seq_len=128", "data.options={fraction: 0.0}").data, seed=4)
     on = build_stream(tiny_config(tmp_path, "data.seq_len=128",
@@ -100,6 +101,7 @@ def test_byte_stream_repeats_write_a_random_string_twice_and_leave_the_plain_str
             assert found
             seen.add(max(found))
     assert len(seen) > 3  # the length varies
+    assert torch.equal(byte_ids("builtin"), text)  # the strings go into the batch, never into the text
     valid = build_stream(tiny_config(tmp_path, "data.seq_len=128", "data.options={fraction: 1.0}").data,
                          split="valid")
     assert torch.equal(valid.next_batch().tokens,

@@ -122,6 +122,13 @@ def log_bins(max_len: int) -> list[tuple[int, int]]:
     return bins
 
 
+def whole_bins(bins, max_len: int) -> list[int]:
+    """Indices of the ``log_bins(max_len)`` bins that lie whole inside positions 1..max_len: the
+    last one, [max_len, 2 max_len) for a power of two, holds position max_len alone, too few
+    tokens to read a loss from."""
+    return [i for i, (lo, hi) in enumerate(bins) if hi - 1 <= max_len]
+
+
 @torch.no_grad()
 def label_predictions(lm: LM, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int = 16,
                       restrict: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -36,6 +36,7 @@ import torch
 
 from .. import archs
 from ..config import ModelConfig
+from ..eval.common import whole_bins
 from .runner import Run, mean_sd, prepare_byte_documents
 
 RESUMES_RUNS = True  # a run trains for tens of minutes: its trainer checkpoints let it resume mid-run
@@ -283,7 +284,7 @@ def report(cfg: Config, records: list[dict], out: Path | None) -> str:
                 cells.append(mean_sd(gains, signed=True) if gains else "-")
             lines.append(f"| {m} | {rs[0]['n_params']:,} | {mode} - reset | {len(rs)} | {bpb} | " + " | ".join(cells) + " |")
     if recs:
-        full = [i for i, (lo, hi) in enumerate(recs[0]["position_bins"]) if hi - 1 <= cfg.eval_len]  # whole bins
+        full = whole_bins(recs[0]["position_bins"], cfg.eval_len)
         bins = [recs[0]["position_bins"][i] for i in full]
         lines += ["", "### Loss (nats/byte) by position, every run", "",
                   "| model | seed | reading | " + " | ".join(f"{lo}-{hi - 1}" for lo, hi in bins) + " |",
@@ -309,7 +310,7 @@ def plot(cfg: Config, recs: list[dict], out: Path) -> str:
     for r in recs:
         m, first = r["params"]["model"], r["params"]["seed"] == recs[0]["params"]["seed"]
         bins = r["position_bins"]
-        full = [i for i, (lo, hi) in enumerate(bins) if hi - 1 <= cfg.eval_len]
+        full = whole_bins(bins, cfg.eval_len)
         mids = [sum(bins[i]) / 2 for i in full]
         reset = r["positions"]["reset"]
         for mode, vals in r["positions"].items():

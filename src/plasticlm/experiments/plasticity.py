@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import ModelConfig
+from ..eval.common import whole_bins
 from ..files import MANIFEST
 from .embeddings import data_config, loss_by_position
 from .reading import probe_last
@@ -207,18 +208,12 @@ def headline(record: dict) -> str:
 
 # ---- report --------------------------------------------------------------------------------------
 
-def whole_bins(measure: dict, seq_len: int) -> list[int]:
-    """The position bins that lie inside the sequence: the last log bin [T, 2T) holds position T
-    alone, one token per row, too few to read a loss from."""
-    return [i for i, (lo, hi) in enumerate(measure["bins"]) if hi - 1 <= seq_len]
-
-
 def fall(measure: dict, seq_len: int) -> float | None:
     """Loss in the last whole position bin minus the loss in the first bin after the header's end
     (the first bin with text in every row): how much reading the text lowered the loss."""
     loss = measure["loss"]
     start = max(measure["text_starts"] or [0])
-    inside = [i for i in whole_bins(measure, seq_len) if measure["bins"][i][0] > start and loss[i] is not None]
+    inside = [i for i in whole_bins(measure["bins"], seq_len) if measure["bins"][i][0] > start and loss[i] is not None]
     return loss[inside[-1]] - loss[inside[0]] if len(inside) >= 2 else None
 
 
@@ -265,7 +260,7 @@ def plot(by: dict, seq_len: int, out: Path) -> str:
         for i, (a, rs) in enumerate(by.items()):
             for r in rs:
                 m = r[measure]
-                keep = whole_bins(m, seq_len)
+                keep = whole_bins(m["bins"], seq_len)
                 ax.plot([sum(m["bins"][j]) / 2 for j in keep], [math.nan if m["loss"][j] is None else m["loss"][j]
                                                                 for j in keep],
                         marker=".", color=f"C{i}", alpha=0.8, label=a if r is rs[0] else None)

@@ -24,6 +24,7 @@ import torch
 
 from .. import archs
 from ..config import ModelConfig
+from ..eval.common import whole_bins
 from .runner import Run
 
 RESUMES_RUNS = True  # a run trains for half an hour: its trainer checkpoints let it resume mid-run
@@ -208,12 +209,6 @@ def headline(record: dict) -> str:
             f"{ind[L]['first']:.2f} -> {ind[L]['second']:.2f} nats")
 
 
-def whole_bins(cfg: Config, record: dict) -> list[int]:
-    """Indices of the position bins the streams fill: the last of ``log_bins`` can hold one position
-    (the 16,384th of a stream of 16,384), a mean over a handful of tokens shown as a bin."""
-    return [i for i, (lo, hi) in enumerate(record["position_bins"]) if hi - 1 <= cfg.position_tokens]
-
-
 def report(cfg: Config, records: list[dict], out: Path | None) -> str:
     recs = sorted(records, key=lambda r: (r["params"]["seed"], cfg.models.index(r["params"]["model"])))
     repeats = (f" {cfg.repeat.get('fraction', 0):.0%} of the training rows carry a random string written twice "
@@ -234,7 +229,7 @@ def report(cfg: Config, records: list[dict], out: Path | None) -> str:
             f"{r['induction'][str(L)]['first']:.2f} -> {r['induction'][str(L)]['second']:.2f}"
             for L in cfg.induction_lengths) + " |")
     if recs:
-        full = whole_bins(cfg, recs[0])
+        full = whole_bins(recs[0]["position_bins"], cfg.position_tokens)
         bins = [recs[0]["position_bins"][i] for i in full]
         lines += ["", f"### Loss (nats/byte) by position on held-out streams of {cfg.position_tokens} bytes "
                       f"(training length {cfg.seq_len})", "",
@@ -268,7 +263,7 @@ def plots(cfg: Config, recs: list[dict], out: Path) -> list[str]:
         Ls = [int(L) for L in r["induction"]]
         axes[0].plot(Ls, [r["induction"][str(L)]["first"] for L in Ls], "--", marker="o", label=f"{m}, 1st copy")
         axes[0].plot(Ls, [r["induction"][str(L)]["second"] for L in Ls], "-", marker="o", label=f"{m}, 2nd copy")
-        full = whole_bins(cfg, r)
+        full = whole_bins(r["position_bins"], cfg.position_tokens)
         mids = [sum(r["position_bins"][i]) / 2 for i in full]
         for mode, vals in r["positions"].items():
             axes[1].plot(mids, [vals[i] for i in full], marker=".", label=f"{m}, {mode}")

@@ -124,24 +124,23 @@ class ByteStream:
     def next_batch(self) -> Batch:
         L = int(self.rng.integers(self.min_len, self.T + 1))
         starts = torch.from_numpy(self.rng.integers(0, len(self.ids) - L, self.B))
-        seq = self.ids[starts[:, None] + torch.arange(L + 1)]  # (B, L + 1)
+        seq = self.ids[starts[:, None] + torch.arange(L + 1)]  # (B, L + 1), a copy: the text is never written
         if self.repeat.fraction > 0:  # no draws otherwise: a plain stream stays as it always was
-            seq = self._write_repeats(seq)
+            self._write_repeats(seq)
         return Batch(seq[:, :-1], seq[:, 1:], torch.ones(self.B, L), torch.ones(self.B, dtype=torch.bool),
                      torch.full((self.B,), L))
 
-    def _write_repeats(self, seq: torch.Tensor) -> torch.Tensor:
+    def _write_repeats(self, seq: torch.Tensor) -> None:
+        """Write each chosen row's string twice into ``seq`` (B, L + 1), in place."""
         r = self.repeat
         n = seq.shape[1]  # L + 1 tokens: inputs and targets share the copies
         lo, hi = min(r.min_len, n // 2), min(r.max_len, n // 2)  # both >= 1: n >= 2, min_len >= 1
-        seq = seq.clone()
         for b in np.flatnonzero(self.rng.random(self.B) < r.fraction):
             m = int(round(math.exp(self.rng.uniform(math.log(lo), math.log(hi)))))
             at = int(self.rng.integers(0, n - 2 * m + 1))
             s = torch.from_numpy(self.rng.integers(32, 127, m))
             seq[b, at:at + m] = s
             seq[b, at + m:at + 2 * m] = s
-        return seq
 
     def state_dict(self) -> dict[str, Any]:
         return {"kind": "bytes", "rng": self.rng.bit_generator.state, "rows": self.B}
