@@ -303,6 +303,21 @@ def test_plasticity_fall_leaves_out_the_bin_past_the_sequence():
     assert fall(measure, 15) == -4.0  # a sequence of 15 holds the last bin whole
 
 
+def test_embeddings_report_leaves_out_the_bin_past_the_sequence():
+    """Sequences of 8 end with the bin [8, 16), which holds position 8 alone: the table shows only
+    the bins that lie whole inside the sequence."""
+    from plasticlm.experiments.embeddings import Config, report
+
+    cfg = Config.quick()
+    cfg.seq_len = 8
+    measure = {"bins": [[1, 2], [2, 4], [4, 8], [8, 16]], "loss": [None, 5.0, 4.0, 0.25], "mean": 4.5}
+    record = {"params": {"embeddings": "parameter", "seed": 0}, "n_params": 10, "train": {"valid_loss": 4.0},
+              "shuffled": measure, "plain": measure}
+    text = report(cfg, [record], None)
+    assert "| 1-1 | 2-3 | 4-7 |" in text and "8-15" not in text
+    assert "| parameter | - | 5.000 | 4.000 |" in text and "0.250" not in text
+
+
 def test_plasticity_arm_rebuilds_a_missing_base_where_it_looks_for_it(tmp_path):
     """An arm whose base is gone (a cleared work folder) trains it again into the shared folder."""
     from plasticlm.experiments import plasticity

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from ..config import ModelConfig
+from ..eval.common import whole_bins
 from .runner import Run, mean_sd
 
 RESUMES_RUNS = True  # each run trains for tens of minutes: its trainer checkpoints let it resume
@@ -188,12 +189,13 @@ def report(cfg: Config, records: list[dict], out: Path | None) -> str:
         if not done:
             continue
         bins = done[0][measure]["bins"]
+        full = whole_bins(bins, cfg.seq_len)
         lines += ["", f"### Loss by position, {measure} (mean over seeds)", "",
-                  "| embeddings | " + " | ".join(f"{lo}-{hi - 1}" for lo, hi in bins) + " |",
-                  "|---|" + "---:|" * len(bins)]
+                  "| embeddings | " + " | ".join(f"{bins[i][0]}-{bins[i][1] - 1}" for i in full) + " |",
+                  "|---|" + "---:|" * len(full)]
         for e, rs in by.items():
             if rs:
-                cols = [[r[measure]["loss"][i] for r in rs] for i in range(len(bins))]
+                cols = [[r[measure]["loss"][i] for r in rs] for i in full]
                 lines.append(f"| {e} | " + " | ".join(
                     "-" if any(v is None or math.isnan(v) for v in c) else f"{sum(c) / len(c):.3f}" for c in cols) + " |")
     if out is not None and records:
@@ -209,8 +211,10 @@ def plot(cfg: Config, by: dict, out: Path) -> str:
     for ax, measure in zip(axes, ("shuffled", "plain")):
         for e, rs in by.items():
             for r in rs:
-                mids = [(lo + hi) / 2 for lo, hi in r[measure]["bins"]]
-                ax.plot(mids, [math.nan if v is None else v for v in r[measure]["loss"]], marker=".", color="C0" if e == "parameter" else "C1",
+                full = whole_bins(r[measure]["bins"], cfg.seq_len)
+                mids = [sum(r[measure]["bins"][i]) / 2 for i in full]
+                loss = [r[measure]["loss"][i] for i in full]
+                ax.plot(mids, [math.nan if v is None else v for v in loss], marker=".", color="C0" if e == "parameter" else "C1",
                         alpha=0.8, label=f"{e}, seed {r['params']['seed']}")
         ax.set(xscale="log", xlabel="position in the sequence", ylabel="loss (nats/byte)",
                title=f"{measure}: held-out text" + (" in fresh languages" if measure == "shuffled" else ""))
