@@ -39,9 +39,16 @@ ABLATIONS = {
     "conv+bias+qk_norm": {"short_conv": 4, "bias_correction": True, "qk_norm": True},
     "half-lives<=T": {**_BEFORE, "max_half_life": 64.0},
     "conv+bias, half-lives<=T": {"short_conv": 4, "bias_correction": True, "qk_norm": False, "max_half_life": 64.0},
+    # fla's GLA default shape at the default head_dim 32: keys half as wide as values, half the
+    # state, and the speed gap of issue 15.
+    "conv+bias, keys half width": {"short_conv": 4, "bias_correction": True, "qk_norm": False, "head_dim": 16,
+                                   "value_dim": 32},
 }
 """Options of the plain gated average, each against 'none' (the design before E1) and against
 the design itself (the 'gated_average' model row at ablation_d_model)."""
+GRID_ABLATIONS = ["none", "bias", "conv", "conv+bias+qk_norm", "half-lives<=T", "conv+bias, half-lives<=T"]
+"""The default list. Results files store it, so an ablation added later runs by name
+(``ablations=[...]``) and the stored grid still resumes."""
 
 
 @dataclass
@@ -56,7 +63,7 @@ class Config:
     design: dict = field(default_factory=lambda: {"short_conv": 4, "bias_correction": True})
     """plasticlm options of the 'models' rows (bias_correction only where the memory allows it);
     the others are ModelConfig's defaults of the commit (every record keeps its full config)."""
-    ablations: list[str] = field(default_factory=lambda: list(ABLATIONS))
+    ablations: list[str] = field(default_factory=lambda: list(GRID_ABLATIONS))
     ablation_d_model: int = 64
     """Width of the ablation (the smaller one: a third of the cost). `ablation_d_model=128` runs it
     at the models' width, as experiments/results/mqar-ablation did."""

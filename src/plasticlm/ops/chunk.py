@@ -55,10 +55,16 @@ def chunk_recurrence(q, k, v, log_a, initial_state=None, chunk_size: int = 64, f
 
     b = g.cumsum(-2)  # (B, H, N, C, K) log decay from the chunk start, inclusive
     b_last = b[..., -1, :]  # (B, H, N, K)
+    masked = form == "masked" or (form == "auto" and bool(b_last.min() >= -masked_limit(dtype)))
+    e_b = b.exp()
+    decay = b_last.exp().unsqueeze(-1)  # (B, H, N, K, 1)
 
     # Inter-chunk: what each chunk adds to the state, then one sequential pass over chunks.
-    U = (k * (b_last.unsqueeze(-2) - b).exp()).transpose(-1, -2) @ v  # (B, H, N, K, V)
-    decay = b_last.exp().unsqueeze(-1)  # (B, H, N, K, 1)
+    if masked:  # e^{b_last - b} = e^{b_last} e^{-b}: the masked form's k e^{-b} serves both products
+        k_undecayed = k * (-b).exp()
+        U = decay * (k_undecayed.transpose(-1, -2) @ v)  # (B, H, N, K, V)
+    else:
+        U = (k * (b_last.unsqueeze(-2) - b).exp()).transpose(-1, -2) @ v
     S = q.new_zeros(B, H, K, V) if initial_state is None else initial_state.to(dtype)
     starts = []
     # unbind, not decay[:, :, n]: each indexing's backward would write a zero tensor of the
@@ -66,11 +72,11 @@ def chunk_recurrence(q, k, v, log_a, initial_state=None, chunk_size: int = 64, f
     for d_n, U_n in zip(decay.unbind(2), U.unbind(2)):
         starts.append(S)
         S = d_n * S + U_n  # (B, H, K, V)
-    q_decayed = q * b.exp()
+    q_decayed = q * e_b
     o = q_decayed @ torch.stack(starts, dim=2)  # (B, H, N, C, V)
 
-    if form == "masked" or (form == "auto" and bool(b_last.min() >= -masked_limit(dtype))):
-        scores = (q_decayed @ (k * (-b).exp()).transpose(-1, -2)).tril()  # (B, H, N, C, C); diagonal: decay 1
+    if masked:
+        scores = (q_decayed @ k_undecayed.transpose(-1, -2)).tril()  # (B, H, N, C, C); diagonal: decay 1
         o = (o + scores @ v).reshape(B, H, N * C, V)[:, :, :T]
         return o.transpose(1, 2).to(out_dtype), S
 
