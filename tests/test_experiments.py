@@ -85,6 +85,25 @@ def test_a_field_added_later_resumes_older_results_at_its_default(tmp_path):
     assert len(first["by_query"]["2"]["by_pair"]) == 2
 
 
+def test_adopted_runs_are_taken_over_and_other_settings_are_refused_by_name(tmp_path):
+    """--adopt: the runs of a folder that differs only in which runs it plans are this plan's runs
+    (not rerun, their records kept and traced); a folder trained otherwise is refused, naming why."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    run_experiment("mqar", quick=True, out=a, progress=False, overrides=["models=[gated_average]", "ablations=[]"])
+    (rec,) = json.loads((a / "results.json").read_text())["runs"].values()
+    assert main(["experiment", "mqar", "--quick", "--out", str(b), "--no-progress", "--adopt", str(a),
+                 "models=[gated_average,transformer]", "ablations=[]"]) == 0
+    runs = json.loads((b / "results.json").read_text())["runs"]
+    assert set(runs) == {rec["id"], rec["id"].replace("gated_average", "transformer")}
+    assert runs[rec["id"]] == {**rec, "adopted_from": str(a)}
+    assert "adopted_from" not in runs[rec["id"].replace("gated_average", "transformer")]
+    with pytest.raises(ValueError, match=r"other settings \(protocol.max_steps\)"):
+        run_experiment("mqar", quick=True, out=tmp_path / "c", progress=False, adopt=[a],
+                       overrides=["protocol.max_steps=3", "models=[gated_average]", "ablations=[]"])
+    with pytest.raises(FileNotFoundError, match="no results.json"):
+        run_experiment("mqar", quick=True, out=tmp_path / "d", progress=False, adopt=[tmp_path / "nowhere"])
+
+
 @pytest.mark.skipif(not HAS_MAN_PAGES, reason="builds its corpus from man pages with groff")
 def test_length_holds_out_every_page_of_its_evaluation_walks(tmp_path):
     """No page read in the held-out streams is in the training corpus, and the streams are walks

@@ -1,4 +1,4 @@
-"""plasticlm experiment NAME [--quick] [--device D] [--out DIR] [--jobs N] [field=value ...]"""
+"""plasticlm experiment NAME [--quick] [--device D] [--out DIR] [--jobs N] [--adopt DIR] [field=value ...]"""
 from __future__ import annotations
 
 import argparse
@@ -23,6 +23,9 @@ def register(sub) -> None:
     p.add_argument("--jobs", type=int, default=1,
                    help="runs at a time, each in its own process (one torch thread each on CPU)")
     p.add_argument("--list", action="store_true", help="list the experiments, their questions and run counts")
+    p.add_argument("--adopt", action="append", default=[], metavar="DIR",
+                   help="take over the finished runs of another results folder of this experiment, made with "
+                        "settings that differ only in which runs are planned (repeatable)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     p.set_defaults(func=run)
 
@@ -43,7 +46,7 @@ def run(args) -> int:
     device = str(pick_device(args.device, select=False))
     make_config(args.name, args.quick, args.overrides)  # a bad setting fails before anything runs
     out = run_experiment(args.name, device=device, quick=args.quick, out=args.out, jobs=args.jobs,
-                         overrides=args.overrides, progress=not args.no_progress,
+                         overrides=args.overrides, progress=not args.no_progress, adopt=args.adopt,
                          command=["plasticlm", *sys.argv[1:]] if sys.argv[1:2] == ["experiment"] else None)
     print(f"results: {out / 'results.json'}, {out / 'results.md'}")
     return 0

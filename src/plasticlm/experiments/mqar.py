@@ -50,6 +50,10 @@ GRID_ABLATIONS = ["none", "bias", "conv", "conv+bias+qk_norm", "half-lives<=T", 
 """The default list. Results files store it, so an ablation added later runs by name
 (``ablations=[...]``) and the stored grid still resumes."""
 
+PLAN_FIELDS = ("models", "d_models", "ablations", "ablation_d_model", "protocol.lrs", "seeds")
+"""Settings that only choose which runs are planned (each run's id names its model, width, lr
+and seed): runs of folders that differ in these alone are the same runs (``--adopt``)."""
+
 
 @dataclass
 class Config:

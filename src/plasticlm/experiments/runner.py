@@ -13,6 +13,11 @@ unfinished run starts over, unless its experiment sets ``RESUMES_RUNS`` (its run
 their trainer checkpoints). A run holds a lock on its folder while it executes, so a second
 launch never resumes a folder that a process of the first (say, a worker whose launcher was
 killed outright) is still writing; on Linux such workers are also ended by the kernel.
+
+``adopt`` takes finished runs over from other results folders of the same experiment: runs this
+plan holds, from folders whose config differs from this one only in the fields that choose
+which runs are planned (the experiment's ``PLAN_FIELDS``, e.g. mqar's models and learning
+rates). Each adopted record keeps its own commit and date and names the folder it came from.
 """
 from __future__ import annotations
 
@@ -108,6 +113,38 @@ def with_defaults(old: dict, default) -> dict:
     return out
 
 
+def _differing(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Dotted names of the settings where configs ``a`` and ``b`` differ, nested dicts walked."""
+    out = []
+    for k in sorted(set(a) | set(b)):
+        x, y = a.get(k), b.get(k)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += _differing(x, y, f"{prefix}{k}.")
+        elif x != y:
+            out.append(prefix + k)
+    return out
+
+
+def adopted_runs(name: str, mod, cfg_dict: dict, source: str | os.PathLike, wanted: set[str]) -> dict[str, dict]:
+    """The records of ``source``'s results.json that this plan wants (``wanted`` ids), refused with
+    the settings named when ``source`` was made with settings that change what a run does."""
+    path = Path(source) / "results.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"--adopt {source}: no results.json there")
+    try:
+        old = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--adopt {path}: not valid JSON ({e})") from None
+    if old.get("experiment") != name:
+        raise ValueError(f"--adopt {path}: its runs are of experiment {old.get('experiment')!r}, not {name!r}")
+    free = set(getattr(mod, "PLAN_FIELDS", ()))
+    changed = [k for k in _differing(with_defaults(old.get("config", {}), mod.Config()), cfg_dict) if k not in free]
+    if changed:
+        raise ValueError(f"--adopt {path}: its runs were made with other settings ({', '.join(changed)}); only "
+                         f"{sorted(free) or 'no fields'} may differ for {name}'s runs to be the same runs")
+    return {k: {**v, "adopted_from": str(source)} for k, v in old.get("runs", {}).items() if k in wanted}
+
+
 def _execute(name: str, cfg_dict: dict, run: dict, device: str, work: str, threads: int, commit: str) -> dict:
     """One run, in this process or a worker's (everything it takes is plain data). ``commit`` is
     the source tree's at launch: the code a worker imports is the code of that moment."""
@@ -176,8 +213,9 @@ def _write(out: Path, doc: dict, mod, cfg) -> None:
 
 def run_experiment(name: str, *, device: str = "cpu", quick: bool = False, out: str | os.PathLike | None = None,
                    jobs: int = 1, overrides: list[str] | None = None, progress: bool = True,
-                   command: list[str] | None = None) -> Path:
-    """Run (or resume) experiment ``name``; returns the results directory."""
+                   command: list[str] | None = None, adopt: list[str | os.PathLike] | None = None) -> Path:
+    """Run (or resume) experiment ``name``, after taking over the runs of the ``adopt`` folders
+    (module docstring); returns the results directory."""
     mod = experiment_module(name)
     cfg = make_config(name, quick, overrides)
     out = Path(out) if out else RESULTS_ROOT / (f"{name}-quick" if quick else name)
@@ -202,6 +240,8 @@ def run_experiment(name: str, *, device: str = "cpu", quick: bool = False, out: 
             raise ValueError(f"{path} holds runs made with another config (fields {changed} differ): resume with "
                              f"the same settings, or give another --out")
         doc["runs"] = {k: v for k, v in old.get("runs", {}).items() if k in set(ids)}
+    for source in adopt or []:
+        doc["runs"].update(adopted_runs(name, mod, cfg_dict, source, set(ids) - set(doc["runs"])))
     import torch
 
     doc["provenance"] = provenance(device, command)
