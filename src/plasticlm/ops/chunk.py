@@ -8,7 +8,7 @@ start (b <= 0, falling). Within a chunk the outputs come from one of two exact f
   e^{+-b} are finite and far from underflow only while no chunk decays by more than
   ``MASKED_LIMIT`` (e^40 in float32), which holds for the gates of every trained model we have
   measured; each factor then carries its own rounding only, so the product is as exact as the
-  other form.
+  other form. The same k e^-b, scaled by e^{b_last}, gives each chunk's state update.
 - **halving** (always safe): products over halves of blocks, every exponential taken of a
   difference b_t - b_s with s <= t, so each factor lies in (0, 1] and nothing overflows however
   strong the decay. The chunk size must be a power of two, so the halves cover every pair.
