@@ -24,6 +24,12 @@ def test_every_experiment_config_parses_and_plans_unique_runs(name):
         runs = mod.plan(cfg)
         assert runs and len({r.id for r in runs}) == len(runs)
     assert mod.QUESTION.endswith("?")
+    fields = dataclasses.asdict(make_config(name, False))
+    for dotted in getattr(mod, "PLAN_FIELDS", ()):  # a misspelt one would make --adopt refuse its own runs
+        node = fields
+        for part in dotted.split("."):
+            assert part in node, f"{name}.PLAN_FIELDS names {dotted!r}, not a field of its Config"
+            node = node[part]
 
 
 HAS_MAN_PAGES = bool(shutil.which("groff") and shutil.which("col") and Path("/usr/share/man/man1").is_dir())

@@ -31,6 +31,7 @@ from ..eval.common import whole_bins
 from .runner import Run, mean_sd
 
 RESUMES_RUNS = True  # each run trains for tens of minutes: its trainer checkpoints let it resume
+PLAN_FIELDS = ("embeddings", "seeds")  # --adopt: a run is the same run whichever others are planned
 QUESTION = ("Do mutable embeddings (a per-sequence table the model writes while reading) let a model read a "
             "shuffled vocabulary better than ordinary embeddings, and what do they cost on plain text?")
 
