@@ -247,6 +247,10 @@ def plots(cfg: Config, best: dict, abl: dict, out: Path) -> list[str]:
         for (a, d), r in sorted(abl.items()):
             if r["train_loss"]:
                 ax.plot(*zip(*r["train_loss"]), lw=1, label=f"{a}, d_model {d} (lr {r['lr']:g})")
+        design = best.get(("gated_average", cfg.ablation_d_model))  # what every variant is one change from
+        if design and design["train_loss"]:
+            ax.plot(*zip(*design["train_loss"]), lw=1.5, color="black",
+                    label=f"the design, d_model {cfg.ablation_d_model} (lr {design['lr']:g})")
         loss_axes(ax, cfg, "MQAR training loss, ablation of the plain gated average")
         fig.tight_layout()
         fig.savefig(out / "ablation_loss_curves.png", dpi=110)
