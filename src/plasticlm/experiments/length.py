@@ -40,6 +40,7 @@ from ..eval.common import whole_bins
 from .runner import Run, mean_sd, prepare_byte_documents
 
 RESUMES_RUNS = True  # a run trains for tens of minutes: its trainer checkpoints let it resume mid-run
+PLAN_FIELDS = ("models", "seeds")  # --adopt: a run is the same run whichever others are planned
 QUESTION = ("Past the length it was trained on, does the gated average's loss keep falling on long held-out text, "
             "against the decay memory and a Transformer with a sliding window of the training length?")
 MODELS = {"gated_average": ("plasticlm", "gated_average"), "decay": ("plasticlm", "decay"),
