@@ -25,7 +25,8 @@ def test_every_experiment_config_parses_and_plans_unique_runs(name):
         assert runs and len({r.id for r in runs}) == len(runs)
     assert mod.QUESTION.endswith("?")
     fields = dataclasses.asdict(make_config(name, False))
-    for dotted in getattr(mod, "PLAN_FIELDS", ()):  # a misspelt one would make --adopt refuse its own runs
+    # A misspelt PLAN_FIELDS entry would not free its field: --adopt would refuse runs it should take.
+    for dotted in getattr(mod, "PLAN_FIELDS", ()):
         node = fields
         for part in dotted.split("."):
             assert part in node, f"{name}.PLAN_FIELDS names {dotted!r}, not a field of its Config"
