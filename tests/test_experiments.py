@@ -26,11 +26,13 @@ def test_every_experiment_config_parses_and_plans_unique_runs(name):
     assert mod.QUESTION.endswith("?")
     fields = dataclasses.asdict(make_config(name, False))
     # A misspelt PLAN_FIELDS entry would not free its field: --adopt would refuse runs it should take.
+    # The runner compares leaves (runner._differing), so a section name would free nothing either.
     for dotted in getattr(mod, "PLAN_FIELDS", ()):
         node = fields
         for part in dotted.split("."):
             assert part in node, f"{name}.PLAN_FIELDS names {dotted!r}, not a field of its Config"
             node = node[part]
+        assert not isinstance(node, dict), f"{name}.PLAN_FIELDS names {dotted!r}, a section, not a field"
 
 
 HAS_MAN_PAGES = bool(shutil.which("groff") and shutil.which("col") and Path("/usr/share/man/man1").is_dir())
