@@ -165,3 +165,32 @@ def test_causal_conv_equals_conv1d_with_every_gradient(T):
     assert torch.autograd.gradcheck(causal_conv, (prev, x, weight))
     with pytest.raises(ValueError, match="prev holds 2 steps, a width-4 convolution needs 3"):
         causal_conv(prev[:, 1:], x, weight)
+
+@pytest.mark.parametrize("saturated", [False, True])
+def test_corrected_query_equals_plain_autograd_float64(saturated):
+    """The bias correction's own backward against autograd over the same expression: the corrected
+    query, the carried log product and the gradients into q, the gates and the initial product;
+    `saturated` puts gates of exactly 1 at the start, where the divisor's floor acts."""
+    from plasticlm.ops.correction import corrected_query, corrected_query_reference
+
+    g = torch.Generator().manual_seed(3)
+    B, T, H, K = 2, 29, 3, 4
+    q = torch.randn(B, T, H, K, generator=g, dtype=torch.float64)
+    log_a = F.logsigmoid(torch.randn(B, T, H, K, generator=g, dtype=torch.float64) * 3 + 1)
+    log_prod0 = -torch.rand(B, H, K, generator=g, dtype=torch.float64)
+    if saturated:
+        log_a[:, :3, 0] = 0.0
+        log_prod0[:, 0] = 0.0
+    w, w_last = torch.randn(B, T, H, K, generator=g, dtype=torch.float64), torch.randn(B, H, K, generator=g, dtype=torch.float64)
+    results = []
+    for fn in (corrected_query, corrected_query_reference):
+        xs = [x.clone().requires_grad_() for x in (q, log_a, log_prod0)]
+        out, last = fn(*xs)
+        grads = torch.autograd.grad((out * w).sum() + (last * w_last).sum(), xs)
+        results.append((out, last, *grads))
+    for name, a, b in zip(("query", "log product", "d q", "d log_a", "d log_prod0"), *results):
+        assert torch.isfinite(a).all(), name
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-12), f"{name}: max diff {(a - b).abs().max().item():.3g}"
+    if not saturated:
+        xs = [x.clone().requires_grad_() for x in (q, log_a, log_prod0)]
+        assert torch.autograd.gradcheck(corrected_query, xs)

@@ -15,6 +15,7 @@ from .config import ModelConfig
 from .embedding import MutableEmbedding
 from .ops import gated_average, gated_decay
 from .ops.conv import causal_conv, conv_tail
+from .ops.correction import corrected_query
 from .reversible import reversible_stack
 from .state import State
 
@@ -100,10 +101,8 @@ class Memory(nn.Module):
         else:
             log_a = F.logsigmoid(self.gate(x).to(torch.promote_types(x.dtype, torch.float32))).view(B, T, H, K)  # gates in >= fp32
         if self.cfg.corrects_bias:
-            log_prod = S["log_gate_prod"].unsqueeze(1) + log_a.cumsum(1)  # (B, T, H, K): log prod_{s<=t} a_s
-            # 1 - prod a is the weight written so far; the clamp only guards a = 1 exactly.
-            q = q / (-torch.expm1(log_prod)).clamp_min(1e-20)
-            carried["log_gate_prod"] = log_prod[:, -1].clone()  # not a view of (B, T, H, K): see conv
+            # 1 - prod_{s<=t} a_s is the weight written so far, per key channel.
+            q, carried["log_gate_prod"] = corrected_query(q, log_a, S["log_gate_prod"])
         return q, k, v.reshape(B, T, H, V), log_a, og.reshape(B, T, H, V), carried
 
     def forward(self, x, S):
