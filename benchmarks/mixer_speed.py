@@ -24,6 +24,7 @@ PLASTIC = {"gated average (conv, bias correction: the default)": {},
            "gated average, conv, no bias correction": {"bias_correction": False},
            "decay, conv": {"memory": "decay"},
            "gated average, keys half width (fla's GLA shape)": {"head_dim": 16, "value_dim": 32},
+           "gated average, gate of rank 16 (fla's GLA gate)": {"gate_rank": 16},
            "gated average, no conv": {"short_conv": 0},
            "gated average, no conv, no bias correction": {"short_conv": 0, "bias_correction": False},
            "decay, no conv": {"memory": "decay", "short_conv": 0}}

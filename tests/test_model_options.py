@@ -1,4 +1,4 @@
-"""The memory's options (short convolution, L2-normalised q/k, bias correction), and every memory
+"""The memory's options (short convolution, L2-normalised q/k, bias correction, low-rank gate), and every memory
 (gated average, decay, linear), keep every equality of the foundation: pieces == one call, step ==
 forward, the reversible stack's custom autograd == the same coupling under plain autograd,
 segment_backward == full autograd (initial state included), and the state's file round trip.
@@ -18,6 +18,7 @@ OPTIONS = {
     "decay-conv": dict(memory="decay", short_conv=4),
     "linear": dict(memory="linear"),
     "mutable": dict(embeddings="mutable", mutable_slots=11),  # fewer slots than ids: collisions too
+    "low-rank-gate": dict(gate_rank=3),
     "defaults": {},
 }
 
@@ -172,3 +173,18 @@ def test_baseline_states_hold_their_own_size_and_no_more():
         _, state = model(torch.randint(0, 37, (2, 50)))
         for s in [*state.layers, *(c for c in state.conv if c is not None)]:
             assert s.untyped_storage().nbytes() == s.numel() * s.element_size(), name
+
+
+def test_low_rank_gate_factors_and_initial_half_lives():
+    """gate_rank r: the gate is two factors through r channels, with the full-rank gate's bias (the
+    same spread of initial half-lives); a bad rank is named."""
+    full = PlasticLM(ModelConfig(vocab_size=37, d_model=16, n_layers=1, n_heads=2))
+    low = PlasticLM(ModelConfig(vocab_size=37, d_model=16, n_layers=1, n_heads=2, gate_rank=3))
+    gate = low.blocks[0].memory.gate
+    assert [tuple(m.weight.shape) for m in gate] == [(3, 16), (16, 3)] and gate[0].bias is None
+    assert torch.equal(gate[-1].bias, full.blocks[0].memory.gate.bias)
+    assert full.num_params() - low.num_params() == 16 * 16 - (16 * 3 + 3 * 16)
+    with pytest.raises(ValueError, match=r"ModelConfig.gate_rank must be a non-negative integer"):
+        ModelConfig(gate_rank=-1)
+    with pytest.raises(ValueError, match=r"ModelConfig.gate_rank must be 0 with memory='linear'"):
+        ModelConfig(memory="linear", gate_rank=4)

@@ -63,6 +63,10 @@ class ModelConfig:
     the gated average, off for the others (E1's ablation, one seed: with the convolution MQAR is
     solved in 1,250 steps against 1,500 without it at d_model 128, and at d_model 64 it lifts 8-pair
     accuracy from 0.81 to 0.99; alone it does not leave the plateau)."""
+    gate_rank: int = 0
+    """Rank of the gate projection: 0 for a full d_model x (heads x head_dim) matrix; r > 0 for two
+    factors through r channels, as fla's GLA (rank 16). A speed option (issue 15: the full-rank gate
+    is about a tenth of the default mixer's CPU time) awaiting E1's ablation before any default."""
     embeddings: str = "parameter"
     """'parameter': the tied table only. 'mutable' (DESIGN 1.4, RQ6): plus a per-sequence table of
     mutable_slots slots that the model writes while it reads, held in the State
@@ -81,7 +85,7 @@ class ModelConfig:
     """Memory execution path: 'auto' (fla kernel on CUDA when installed, else chunk), 'chunk',
     'naive', 'kernel'."""
 
-    ADDED_LATER: typing.ClassVar[tuple[str, ...]] = ("embeddings", "mutable_slots", "mutable_context")
+    ADDED_LATER: typing.ClassVar[tuple[str, ...]] = ("embeddings", "mutable_slots", "mutable_context", "gate_rank")
     """Fields whose default is the model as it was before they existed: at that default they are
     not part of a checkpoint's model_id, so checkpoints written before them still verify."""
 
@@ -102,6 +106,9 @@ class ModelConfig:
                  "a non-negative integer (0 means vocab_size)")
         _require(self, "mutable_context", _is_int(self.mutable_context) and self.mutable_context >= 1,
                  "a positive integer")
+        _require(self, "gate_rank", _is_int(self.gate_rank) and self.gate_rank >= 0, "a non-negative integer (0: full rank)")
+        _require(self, "gate_rank", not self.gate_rank or self.memory != "linear",
+                 "0 with memory='linear' (it has no gate)")
         _require(self, "reversible", isinstance(self.reversible, bool), "a bool")
         for name in ("min_half_life", "norm_eps", "init_std"):
             v = getattr(self, name)

@@ -53,7 +53,12 @@ class Memory(nn.Module):
         self.proj_in = nn.Linear(cfg.d_model, sum(self.split), bias=False)
         C = sum(self.split[:3])
         self.conv = nn.Conv1d(C, C, cfg.short_conv, groups=C, bias=False) if cfg.short_conv else None
-        self.gate = nn.Linear(cfg.d_model, H * K) if cfg.memory != "linear" else None
+        if cfg.memory == "linear":
+            self.gate = None
+        elif cfg.gate_rank:
+            self.gate = nn.Sequential(nn.Linear(cfg.d_model, cfg.gate_rank, bias=False), nn.Linear(cfg.gate_rank, H * K))
+        else:
+            self.gate = nn.Linear(cfg.d_model, H * K)
         self.head_norm = RMSNorm(V, cfg.norm_eps)
         self.proj_out = nn.Linear(H * V, cfg.d_model, bias=False)
 
@@ -64,7 +69,7 @@ class Memory(nn.Module):
             # half-life number j * H + h of the sorted spread.
             b = gate_bias(H * K, self.cfg.min_half_life, self.cfg.longest_half_life).view(K, H).t()
             with torch.no_grad():
-                self.gate.bias.copy_(b.reshape(-1))
+                (self.gate[-1] if self.cfg.gate_rank else self.gate).bias.copy_(b.reshape(-1))
 
     def state_shapes(self, batch_size: int) -> dict[str, tuple[int, ...]]:
         c = self.cfg

@@ -43,6 +43,8 @@ ABLATIONS = {
     # state, and the speed gap of issue 15.
     "conv+bias, keys half width": {"short_conv": 4, "bias_correction": True, "qk_norm": False, "head_dim": 16,
                                    "value_dim": 32},
+    # fla's GLA gate (two factors through 16 channels): the full-rank gate's share of issue 15's gap.
+    "conv+bias, gate rank 16": {"short_conv": 4, "bias_correction": True, "qk_norm": False, "gate_rank": 16},
 }
 """Options of the plain gated average, each against 'none' (the design before E1) and against
 the design itself (the 'gated_average' model row at ablation_d_model)."""

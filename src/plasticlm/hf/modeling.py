@@ -58,6 +58,7 @@ class PlasticLMConfig(PreTrainedConfig):
     short_conv: int = ModelConfig.short_conv
     qk_norm: bool = ModelConfig.qk_norm
     bias_correction: bool | None = ModelConfig.bias_correction
+    gate_rank: int = ModelConfig.gate_rank
     embeddings: str = ModelConfig.embeddings
     mutable_slots: int = ModelConfig.mutable_slots
     mutable_context: int = ModelConfig.mutable_context
