@@ -65,8 +65,9 @@ class ModelConfig:
     accuracy from 0.81 to 0.99; alone it does not leave the plateau)."""
     gate_rank: int = 0
     """Rank of the gate projection: 0 for a full d_model x (heads x head_dim) matrix; r > 0 for two
-    factors through r channels, as fla's GLA (rank 16). A speed option (issue 15: the full-rank gate
-    is about a tenth of the default mixer's CPU time) awaiting E1's ablation before any default."""
+    factors through r channels, as fla's GLA (rank 16). A speed option: rank 16 made the default
+    mixer's CPU forward and backward 4% and 7% faster in two interleaved A/Bs (B 4, T 4,096); no
+    default until E1's MQAR ablation says what it costs."""
     embeddings: str = "parameter"
     """'parameter': the tied table only. 'mutable' (DESIGN 1.4, RQ6): plus a per-sequence table of
     mutable_slots slots that the model writes while it reads, held in the State
