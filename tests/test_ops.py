@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from plasticlm import gated_average, gated_decay
 from plasticlm.ops import chunk_recurrence
+from plasticlm.ops.correction import corrected_query, corrected_query_reference
 from plasticlm.ops.naive import naive_recurrence
 
 
@@ -166,13 +167,12 @@ def test_causal_conv_equals_conv1d_with_every_gradient(T):
     with pytest.raises(ValueError, match="prev holds 2 steps, a width-4 convolution needs 3"):
         causal_conv(prev[:, 1:], x, weight)
 
+
 @pytest.mark.parametrize("saturated", [False, True])
 def test_corrected_query_equals_plain_autograd_float64(saturated):
     """The bias correction's own backward against autograd over the same expression: the corrected
     query, the carried log product and the gradients into q, the gates and the initial product;
     `saturated` puts gates of exactly 1 at the start, where the divisor's floor acts."""
-    from plasticlm.ops.correction import corrected_query, corrected_query_reference
-
     g = torch.Generator().manual_seed(3)
     B, T, H, K = 2, 29, 3, 4
     q = torch.randn(B, T, H, K, generator=g, dtype=torch.float64)
