@@ -422,6 +422,85 @@ def test_pool_workers_end_when_the_launcher_is_killed_outright(tmp_path):
     assert not outlives_its_launcher("on")
 
 
+TOY_STOPPED_BY_SIGTERM = """
+import os, signal, time
+from dataclasses import dataclass, field
+from pathlib import Path
+from plasticlm.experiments.runner import Run
+from plasticlm.trainer.loop import Stopped
+
+QUESTION = "toy"
+
+@dataclass
+class Config:
+    flags: str = ""
+    seeds: list = field(default_factory=lambda: [0, 1])
+
+def plan(cfg):
+    return [Run(f"run{s}", {"seed": s}) for s in cfg.seeds]
+
+def execute(cfg, run, device, work):
+    asked = []
+    signal.signal(signal.SIGTERM, lambda *a: asked.append(1))  # the trainer's contract: a SIGTERM
+    (Path(cfg.flags) / f"{run.id}.pid").write_text(str(os.getpid()))  # saves a checkpoint, then
+    while not asked:                                                    # raises Stopped
+        time.sleep(0.05)
+    (Path(cfg.flags) / f"{run.id}.saved").write_text("")
+    raise Stopped(1, Path(cfg.flags))
+
+def report(cfg, records, out):
+    return ""
+
+def headline(record):
+    return ""
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="signals as on Linux")
+def test_a_sigterm_to_the_launcher_ends_its_busy_workers_after_their_checkpoints(tmp_path):
+    """Pool.terminate() SIGTERMs the workers and waits for them to end; the trainer takes that
+    signal to save a checkpoint and raise Stopped, after which the worker must end too (it used
+    to go back to waiting for tasks, and the launcher waited on it for ever)."""
+    import contextlib
+    import os
+    import signal
+    import subprocess
+    import time
+
+    (tmp_path / "toy_stop.py").write_text(TOY_STOPPED_BY_SIGTERM)
+    script = tmp_path / "launch.py"
+    script.write_text("import sys\n"
+                      f"sys.path.insert(0, {str(tmp_path)!r})\n"
+                      "from plasticlm.experiments import EXPERIMENTS\n"
+                      "EXPERIMENTS['toy_stop'] = 'toy_stop'  # at the top: spawned workers run it too\n"
+                      "if __name__ == '__main__':\n"
+                      "    from plasticlm.experiments.runner import run_experiment\n"
+                      "    run_experiment('toy_stop', out=sys.argv[1], jobs=2, progress=False,\n"
+                      "                   overrides=[f'flags={sys.argv[2]}'])\n")
+    flags = tmp_path / "flags"
+    flags.mkdir()
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "out"), str(flags)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pids = [flags / "run0.pid", flags / "run1.pid"]
+    for _ in range(600):
+        if all(p.exists() and p.read_text() for p in pids):
+            break
+        time.sleep(0.1)
+    workers = [int(p.read_text()) for p in pids]
+    os.kill(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        for pid in [proc.pid, *workers]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        pytest.fail("the launcher did not end within 30 s of its SIGTERM")
+    assert (flags / "run0.saved").exists() and (flags / "run1.saved").exists()
+    for pid in workers:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
 def test_reading_repeat_option_reaches_the_training_stream_only(tmp_path, monkeypatch):
     """E3's induction positive control: the experiment's training stream writes the strings read
     twice, and the report says so (that validation stays plain is the stream's own test)."""

@@ -150,6 +150,8 @@ def _execute(name: str, cfg_dict: dict, run: dict, device: str, work: str, threa
     the source tree's at launch: the code a worker imports is the code of that moment."""
     import torch
 
+    from ..trainer.loop import Stopped
+
     if threads:
         torch.set_num_threads(threads)
     mod = experiment_module(name)
@@ -169,11 +171,30 @@ def _execute(name: str, cfg_dict: dict, run: dict, device: str, work: str, threa
         if d.exists() and not getattr(mod, "RESUMES_RUNS", False):  # an unfinished attempt: start over
             shutil.rmtree(d)
         t0 = time.perf_counter()
-        record = mod.execute(cfg, r, device, d)
+        try:
+            record = mod.execute(cfg, r, device, d)
+        except Stopped:
+            if _POOL_WORKER:
+                # Pool.terminate() sent the SIGTERM and waits for this worker to end; the trainer
+                # took the signal to save its checkpoint and would leave the worker waiting for
+                # tasks, so end it as the signal would have (the lock is released with it).
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                os.kill(os.getpid(), signal.SIGTERM)
+            raise
         shutil.rmtree(d, ignore_errors=True)
     meta = provenance(device)
     return {"id": r.id, **record, "params": r.params, "seconds": round(time.perf_counter() - t0, 1),
             "date": meta["date"], "commit": commit, "device": meta["device"]}
+
+
+_POOL_WORKER = False
+"""Whether this process is one of the runner's pool workers (set by :func:`_init_worker`)."""
+
+
+def _init_worker(parent: int) -> None:
+    global _POOL_WORKER
+    _POOL_WORKER = True
+    _die_with_parent(parent)
 
 
 def _die_with_parent(parent: int) -> None:
@@ -270,7 +291,7 @@ def run_experiment(name: str, *, device: str = "cpu", quick: bool = False, out: 
             # launcher is killed outright.
             previous = signal.signal(signal.SIGTERM, _raise_interrupt)
             try:
-                with multiprocessing.get_context("spawn").Pool(jobs, _die_with_parent, (os.getpid(),)) as pool:
+                with multiprocessing.get_context("spawn").Pool(jobs, _init_worker, (os.getpid(),)) as pool:
                     waiting, pending = list(todo), {}
                     while waiting or pending:
                         ready = [r for r in waiting if all(n in doc["runs"] for n in r.needs)]
