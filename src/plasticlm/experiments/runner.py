@@ -12,7 +12,8 @@ Scratch files of runs (trainer checkpoints, metrics) go under ``OUT/work/`` (not
 unfinished run starts over, unless its experiment sets ``RESUMES_RUNS`` (its runs resume from
 their trainer checkpoints). A run holds a lock on its folder while it executes, so a second
 launch never resumes a folder that a process of the first (say, a worker whose launcher was
-killed outright) is still writing; on Linux such workers are also ended by the kernel.
+killed outright) is still writing; on Linux such workers are also ended by the kernel. A SIGTERM
+to the launcher stops its workers, each after its trainer has saved a checkpoint.
 
 ``adopt`` takes finished runs over from other results folders of the same experiment: runs this
 plan holds, from folders whose config differs from this one only in the fields that choose
@@ -192,13 +193,14 @@ _POOL_WORKER = False
 
 
 def _init_worker(parent: int) -> None:
+    """The pool's initializer."""
     global _POOL_WORKER
     _POOL_WORKER = True
     _die_with_parent(parent)
 
 
 def _die_with_parent(parent: int) -> None:
-    """Pool initializer: on Linux, ask the kernel for SIGTERM when the launcher dies, however it
+    """In a pool worker, on Linux: ask the kernel for SIGTERM when the launcher dies, however it
     dies (SIGKILL included), so no orphan goes on training into a folder a new launch resumes."""
     if not sys.platform.startswith("linux"):
         return
