@@ -238,6 +238,15 @@ def report(cfg: Config, records: list[dict], out: Path | None) -> str:
             falls = [f for f in (fall(r[measure], cfg.seq_len) for r in rs) if f is not None]
             cells += [mean_sd([r[measure]["mean"] for r in rs]), mean_sd(falls, signed=True) if falls else "-"]
         lines.append(f"| {a} | {len(rs)} | {rs[0]['n_params']:,} | " + " | ".join(cells) + " |")
+    plain = {r["params"]["seed"]: fall(r["shuffled"], cfg.seq_len) for r in by.get("plain", [])}
+    for a in (a for a in cfg.arms if a != "plain"):
+        pairs = [(r["params"]["seed"], fall(r["shuffled"], cfg.seq_len) - plain[r["params"]["seed"]]) for r in by[a]
+                 if plain.get(r["params"]["seed"]) is not None and fall(r["shuffled"], cfg.seq_len) is not None]
+        if pairs:  # H3's comparison: the same base, the same tokens, only the stage's task differs
+            lines += ["", f"One-shot fall with reading, {a} arm minus plain arm, paired by seed: "
+                      + " / ".join(f"{d:+.3f} (seed {s})" for s, d in pairs)
+                      + f"; mean ± sd {mean_sd([d for _, d in pairs], signed=True)} (negative: the {a} stage "
+                        "made reading lower the loss more)."]
     lines += ["", "### Probes after the most reading (model / shuffled control / untrained), each seed", "",
               "| model | seed | drift: rule followed | template: fixed word | template: copied word |",
               "|---|---:|---|---|---|"]
