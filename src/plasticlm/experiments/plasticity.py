@@ -245,8 +245,9 @@ def report(cfg: Config, records: list[dict], out: Path | None) -> str:
         if pairs:  # H3's comparison: the same base, the same tokens, only the stage's task differs
             lines += ["", f"One-shot fall with reading, {a} arm minus plain arm, paired by seed: "
                       + " / ".join(f"{d:+.3f} (seed {s})" for s, d in pairs)
-                      + f"; mean ± sd {mean_sd([d for _, d in pairs], signed=True)} (negative: the {a} stage "
-                        "made reading lower the loss more)."]
+                      + f"; mean ± sd {mean_sd([d for _, d in pairs], signed=True)} (negative: reading lowered "
+                        f"the loss more, or raised it less, after the {a} stage than after more plain text; a "
+                        f"model that learnt to read also has a fall of its own below zero)."]
     lines += ["", "### Probes after the most reading (model / shuffled control / untrained), each seed", "",
               "| model | seed | drift: rule followed | template: fixed word | template: copied word |",
               "|---|---:|---|---|---|"]
