@@ -486,6 +486,9 @@ def test_a_sigterm_to_the_launcher_ends_its_busy_workers_after_their_checkpoints
         if all(p.exists() and p.read_text() for p in pids):
             break
         time.sleep(0.1)
+    else:
+        proc.kill()
+        pytest.fail("the toy experiment's two runs did not start within 60 s")
     workers = [int(p.read_text()) for p in pids]
     os.kill(proc.pid, signal.SIGTERM)
     try:
