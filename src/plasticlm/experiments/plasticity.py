@@ -242,7 +242,7 @@ def report(cfg: Config, records: list[dict], out: Path | None) -> str:
     for a in (a for a in cfg.arms if a != "plain"):
         pairs = [(r["params"]["seed"], fall(r["shuffled"], cfg.seq_len) - plain[r["params"]["seed"]]) for r in by[a]
                  if plain.get(r["params"]["seed"]) is not None and fall(r["shuffled"], cfg.seq_len) is not None]
-        if pairs:  # H3's comparison: the same base, the same tokens, only the stage's task differs
+        if pairs:  # H3's comparison: the same base and number of steps, only the stage's task differs
             lines += ["", f"One-shot fall with reading, {a} arm minus plain arm, paired by seed: "
                       + " / ".join(f"{d:+.3f} (seed {s})" for s, d in pairs)
                       + f"; mean ± sd {mean_sd([d for _, d in pairs], signed=True)} (negative: reading lowered "
