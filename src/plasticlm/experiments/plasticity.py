@@ -238,10 +238,10 @@ def report(cfg: Config, records: list[dict], out: Path | None) -> str:
             falls = [f for f in (fall(r[measure], cfg.seq_len) for r in rs) if f is not None]
             cells += [mean_sd([r[measure]["mean"] for r in rs]), mean_sd(falls, signed=True) if falls else "-"]
         lines.append(f"| {a} | {len(rs)} | {rs[0]['n_params']:,} | " + " | ".join(cells) + " |")
-    plain = {r["params"]["seed"]: fall(r["shuffled"], cfg.seq_len) for r in by.get("plain", [])}
+    one_shot = {a: {r["params"]["seed"]: fall(r["shuffled"], cfg.seq_len) for r in rs} for a, rs in by.items()}
+    plain = one_shot.get("plain", {})
     for a in (a for a in cfg.arms if a != "plain"):
-        pairs = [(r["params"]["seed"], fall(r["shuffled"], cfg.seq_len) - plain[r["params"]["seed"]]) for r in by[a]
-                 if plain.get(r["params"]["seed"]) is not None and fall(r["shuffled"], cfg.seq_len) is not None]
+        pairs = [(s, f - plain[s]) for s, f in one_shot[a].items() if f is not None and plain.get(s) is not None]
         if pairs:  # H3's comparison: the same base and number of steps, only the stage's task differs
             lines += ["", f"One-shot fall with reading, {a} arm minus plain arm, paired by seed: "
                       + " / ".join(f"{d:+.3f} (seed {s})" for s, d in pairs)
