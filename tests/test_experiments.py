@@ -137,6 +137,38 @@ def test_length_holds_out_every_page_of_its_evaluation_walks(tmp_path):
         length.split_corpus(make_config("length", True, ["eval_streams=50", "eval_factor=64"]), tmp_path / "work")
 
 
+@pytest.mark.skipif(not HAS_MAN_PAGES, reason="builds its corpus from man pages with groff")
+def test_plasticity_on_man_pages_keeps_each_page_in_one_split(tmp_path):
+    """corpus=manpages: every man page cut into runs of whole paragraphs that fit doc_bytes (a longer
+    paragraph alone), nothing dropped or reordered, and all of a page's pieces in one split."""
+    from plasticlm.data.corpus import read_corpus
+    from plasticlm.data.shards import TokenShard
+    from plasticlm.experiments import plasticity
+
+    cfg = make_config("plasticity", True, ["corpus=manpages", "max_pages=40", "doc_bytes=250"])
+    source = plasticity.prepared_corpus(cfg, tmp_path / "work")
+    split_of_page, pieces = {}, {}
+    for split in ("train", "valid", "test", "holdout"):
+        shard = TokenShard(source, split)
+        for i, doc_id in enumerate(shard.ids):
+            page, n = doc_id.rsplit("#", 1)
+            assert split_of_page.setdefault(page, split) == split, f"{page} straddles two splits"
+            pieces.setdefault(page, {})[int(n)] = bytes(shard[i].tolist()).decode()
+    assert len(set(split_of_page.values())) > 1
+    for dropped, kept in json.loads((source / "meta.json").read_text())["aliases"].items():  # exact duplicates
+        page, n = dropped.rsplit("#", 1)  # (boilerplate such as a bug-report paragraph) are stored once
+        kept_page, m = kept.rsplit("#", 1)
+        pieces.setdefault(page, {})[int(n)] = pieces[kept_page][int(m)]
+    pages = list(read_corpus(tmp_path / "shared" / "offline-40" / "graph.jsonl"))
+    assert len(pieces) == len(pages) and len(pages) > 20
+    for page in pages:
+        runs = [pieces[page.id][i] for i in range(len(pieces[page.id]))]
+        assert all(len(r.encode()) <= 250 or "\n\n" not in r for r in runs)
+        assert "\n\n".join(runs).split("\n\n") == [q.strip("\n") for q in page.text.split("\n\n") if q.strip()]
+    with pytest.raises(ValueError, match="corpus='wiki'; known: builtin, manpages"):
+        make_config("plasticity", True, ["corpus=wiki"])
+
+
 @pytest.mark.skipif(not HAS_MAN_PAGES, reason="the proxy experiment builds its corpus from man pages with groff")
 def test_proxy_arm_trains_with_the_penalty_and_the_plain_arm_only_logs_it(tmp_path):
     out = tmp_path / "proxy"

@@ -107,6 +107,22 @@ def test_splits_deterministic_disjoint_documented_fractions():
         check_fractions({"train": 0.5, "dev": 0.5})
 
 
+def test_pieces_of_one_group_share_the_split_of_its_name(tmp_path):
+    pieces = [Document(f"page{g}#{i}", f"piece {i} of page {g}", group=f"page{g}") for g in range(1000) for i in range(3)]
+    for g in range(1000):
+        splits = {split_of(d) for d in pieces[3 * g:3 * g + 3]}
+        assert splits == {split_of(Document("any id", f"page{g}"))}  # the group's name decides, not the text
+    assert len({split_of(d) for d in pieces}) == len(SPLITS)  # groups still spread over every split
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"id": "a", "text": "one piece", "group": "ls(1)"}) + "\n"
+                    + json.dumps({"id": "b", "text": "no group"}) + "\n"
+                    + json.dumps({"id": "c", "text": "bad group", "group": 7}) + "\n")
+    docs, skips = _docs(rows)
+    assert [(d.id, d.group) for d in docs] == [("a", "ls(1)"), ("b", None)]
+    assert dict(skips.counts) == {"'group' is not a string": 1}
+    assert skips.examples["'group' is not a string"][0].startswith(f"{rows}:3")
+
+
 def test_wikitext_articles_regrouped():
     lines = ["", " = Alpha = \n", "", " Alpha text . \n", " = = Section = = \n", " more \n", " = Beta = \n", " b \n"]
     arts = list(wikitext_articles(lines))

@@ -4,8 +4,9 @@
 
 - a hub name (``wikitext-103``, ``squad``, ``wmt-en-de``, ``german-wiki``; see ``hub.py``);
 - a ``.txt``/``.md``/``.rst``/``.raw`` file, a ``.jsonl`` file (one JSON object per line, text
-  in field ``text``; optional ``id``, ``cites`` for a linked-articles graph, ``en``/``de`` for
-  sentence pairs), a ``.parquet`` file (column ``text``), or a folder holding any of these.
+  in field ``text``; optional ``id``, ``cites`` for a linked-articles graph, ``group`` to keep
+  pieces of one source in one split, ``en``/``de`` for sentence pairs), a ``.parquet`` file
+  (column ``text``), or a folder holding any of these.
 
 Bad input never crashes deep inside a worker and is never dropped silently. A source that is
 itself unusable (missing, empty file, empty folder, not UTF-8, binary) raises ``ValueError`` or
@@ -15,7 +16,8 @@ reason in a :class:`SkipLog`, logged with the file (and line) name, and reported
 Splits (:func:`split_of`) are by document hash: the SHA-256 of the whitespace-normalised text
 (the English side for pairs) picks a point in [0, 1) that falls in the train, valid, test or
 holdout interval. So a document's split never depends on order, on which other documents
-exist, or on the machine, and exact duplicates always land in the same split.
+exist, or on the machine, and exact duplicates always land in the same split. A document with a
+``group`` takes the split of the group's name instead: pieces of one page stay together.
 """
 from __future__ import annotations
 
@@ -56,7 +58,7 @@ def doc_hash(text: str) -> float:
 
 def split_of(doc: Document, fractions: dict[str, float] = DEFAULT_FRACTIONS) -> str:
     """The split of ``doc``: train, valid, test or holdout (see the module docstring)."""
-    u, edge = doc_hash(doc.text), 0.0
+    u, edge = doc_hash(doc.text if doc.group is None else doc.group), 0.0
     for name in SPLITS:
         edge += fractions.get(name, 0.0)
         if u < edge:
@@ -139,7 +141,11 @@ def _record_document(obj, default_id: str, text_field: str, where: str, skips: S
     if not isinstance(cites, (list, tuple)):
         skips.skip("'cites' is not a list", where)
         return None
-    return Document(id=doc_id, text=text, cites=tuple(str(c) for c in cites))
+    group = obj.get("group")
+    if group is not None and not isinstance(group, str):
+        skips.skip("'group' is not a string", where)
+        return None
+    return Document(id=doc_id, text=text, cites=tuple(str(c) for c in cites), group=group)
 
 
 def _parquet_documents(path: Path, name: str, text_field: str, skips: SkipLog) -> Iterator[Document]:

@@ -16,6 +16,9 @@ class Document:
     """Ids of the documents this one cites (linked-articles graphs)."""
     translation: str | None = None
     """The German side of an English-German pair (``text`` holds the English)."""
+    group: str | None = None
+    """A name shared by the pieces of one source (say, a long page cut into documents): their
+    split is drawn from it rather than from each piece's text, so no source straddles two splits."""
 
 
 @dataclass

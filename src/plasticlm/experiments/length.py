@@ -121,15 +121,21 @@ def graph_file(cfg: Config, work: Path) -> Path:
             raise FileNotFoundError(f"length: graph={cfg.graph!r} is not a file; write one with "
                                     "`plasticlm build-corpus OUT` (OUT/graph.jsonl), or leave graph empty")
         return path
-    from ..data.offline import BuildConfig, build_offline
+    return man_page_graph(work, cfg.max_pages, cfg.eval_len)
 
+
+def man_page_graph(work: Path, max_pages: int = 0, walk_tokens: int = 65536) -> Path:
+    """This machine's English man pages (``max_pages`` of them, 0: all) as ``graph.jsonl``, one
+    page a record with its SEE ALSO citations, built once into the experiment's shared work folder
+    (a few minutes on one core); ``walk_tokens`` only sets the walk length its report counts."""
+    from ..data.offline import BuildConfig, build_offline
     from ..files import locked
 
-    out = shared_dir(work) / f"offline-{cfg.max_pages or 'all'}"
+    out = shared_dir(work) / f"offline-{max_pages or 'all'}"
     with locked(out.parent / (out.name + ".lock")):  # parallel runs build it once
         if not (out / "report.json").exists():  # the report is written last: a crash leaves no half corpus
             # English pages only (no German pages, no catalogs); the builder's BPE only counts tokens
-            build_offline(out, BuildConfig(max_pages=cfg.max_pages, vocab_size=300, min_tokens=cfg.eval_len,
+            build_offline(out, BuildConfig(max_pages=max_pages, vocab_size=300, min_tokens=walk_tokens,
                                            locale_dir=str(out / "none"), de_root=str(out / "none")),
                           progress=False)
     return out / "graph.jsonl"

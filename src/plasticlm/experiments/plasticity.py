@@ -3,7 +3,7 @@
 The RQ6 experiment (``embeddings``) trains from scratch on shuffled text only, and at a CPU
 budget neither model learns even plain bytes there (4.5 nats/byte). The design's curriculum
 puts the shuffled task after plain text, so this one does: per seed, a **base** model trained on
-plain bytes of the builtin corpus (pieces of ``base_seq_len``), then three arms from those
+plain bytes of the corpus (pieces of ``base_seq_len``), then three arms from those
 same weights, each ``stage_steps`` more updates on the same number of tokens:
 
 - **plain**: more plain text (H3's control: what the extra tokens give without the task);
@@ -12,9 +12,12 @@ same weights, each ``stage_steps`` more updates on the same number of tokens:
 - **shuffled-mutable**: the same task with ``embeddings: mutable`` (RQ6): the base's weights, and
   the per-sequence table's own parameters at their initialisation.
 
-The corpus is the builtin text cut into documents of consecutive paragraphs of at most
-``doc_bytes`` (:func:`prepared_corpus`), split once: plain training reads the train split, the
-shuffled task the holdout split, and every measurement the valid split.
+The corpus (``corpus``) is the builtin text, or this machine's English man pages (24.7 MB,
+21 times the builtin text: at the stage lengths a larger run needs, the plain arm reads the
+builtin train split many times over and overfits it), cut into documents of consecutive
+paragraphs of at most ``doc_bytes`` (:func:`prepared_corpus`; a man page's pieces share its
+split), split once: plain training reads the train split, the shuffled task the holdout split,
+and every measurement the valid split.
 
 Measured for the base and every arm, on held-out text (the corpus's valid split):
 
@@ -45,6 +48,7 @@ RESUMES_RUNS = True  # runs train for tens of minutes: their trainer checkpoints
 QUESTION = ("After plain text, does a stage of the shuffled-vocabulary task make a model learn from what it reads "
             "(one-shot languages, in-context rules) where more plain text does not, and do mutable embeddings add to it?")
 ARMS = ["plain", "shuffled", "shuffled-mutable"]
+CORPORA = ("builtin", "manpages")
 
 
 @dataclass
@@ -53,6 +57,11 @@ class Config:
     n_layers: int = 4
     n_heads: int = 4
     design: dict = field(default_factory=lambda: {"short_conv": 4, "bias_correction": True})
+    corpus: str = "builtin"
+    """builtin (0.61M bytes in its train split) or manpages (this machine's English man pages, built
+    once into the work folder with groff: about 12M bytes in the train split, 10M in the holdout)."""
+    max_pages: int = 0
+    """manpages: read at most this many pages (0: all)."""
     base_steps: int = 600
     base_seq_len: int = 1024
     base_batch_size: int = 8
@@ -80,7 +89,7 @@ class Config:
     probe_occurrences: int = 64
     probe_held_out: int = 32
     fractions: dict = field(default_factory=lambda: {"train": 0.5, "valid": 0.05, "test": 0.05, "holdout": 0.4})
-    """Split of the builtin corpus's paragraphs: the base and the plain arm train on train, the
+    """Split of the corpus's documents: the base and the plain arm train on train, the
     shuffled arms on holdout (as the pretraining task does), every measure reads valid."""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
 
@@ -95,6 +104,8 @@ class Config:
         bad = sorted(set(self.arms) - set(ARMS))
         if bad:
             raise ValueError(f"plasticity experiment: unknown arms {bad}; known: {ARMS}")
+        if self.corpus not in CORPORA:
+            raise ValueError(f"plasticity experiment: corpus={self.corpus!r}; known: {', '.join(CORPORA)}")
         if not 0 < self.doc_bytes <= self.seq_len - 2:
             raise ValueError(f"plasticity experiment: doc_bytes={self.doc_bytes} must be in [1, seq_len - 2 = "
                              f"{self.seq_len - 2}], so that a plain document with [BOS] and [EOS] fills at most one row")
@@ -114,26 +125,47 @@ def model_config(cfg: Config, arm: str) -> ModelConfig:
 
 
 def prepared_corpus(cfg: Config, work: Path) -> Path:
-    """The builtin corpus as documents of consecutive paragraphs (at most ``doc_bytes`` each),
-    byte-tokenized and split by ``plasticlm prepare`` once for every run."""
-    from ..data.builtin import builtin_corpus
+    """The corpus as documents of consecutive paragraphs (at most ``doc_bytes`` each, a man page's
+    pieces in one group), byte-tokenized and split by ``plasticlm prepare`` once for every run."""
     from ..files import locked
 
-    out = work.parent / "shared" / f"builtin-docs-{cfg.doc_bytes}"
+    name = f"builtin-docs-{cfg.doc_bytes}" if cfg.corpus == "builtin" else \
+        f"manpages-{cfg.max_pages or 'all'}-docs-{cfg.doc_bytes}"
+    out = work.parent / "shared" / name
     with locked(out.parent / (out.name + ".lock")):  # parallel runs prepare it once
         if not (out / "meta.json").exists():
-            docs, run, size = [], [], 0
-            for para in (p.strip("\n") for p in builtin_corpus().split("\n\n") if p.strip()):
-                n = len(para.encode())
-                if run and size + 2 + n > cfg.doc_bytes:  # 2: the blank line between paragraphs
-                    docs.append("\n\n".join(run))
-                    run, size = [], 0
-                size += n + (2 if run else 0)
-                run.append(para)
-            if run:
-                docs.append("\n\n".join(run))
-            prepare_byte_documents([(f"builtin-{i}", d) for i, d in enumerate(docs)], out, cfg.fractions)
+            prepare_byte_documents(documents(cfg, work), out, cfg.fractions)
     return out
+
+
+def documents(cfg: Config, work: Path) -> list[tuple[str, ...]]:
+    """(id, text) pieces of the builtin text (each piece its own split, as the committed builtin runs
+    were made), or (id, text, page) pieces of every man page."""
+    if cfg.corpus == "builtin":
+        from ..data.builtin import builtin_corpus
+
+        return [(f"builtin-{i}", d) for i, d in enumerate(paragraph_runs(builtin_corpus(), cfg.doc_bytes))]
+    from ..data.corpus import read_corpus
+    from .length import man_page_graph
+
+    return [(f"{page.id}#{i}", d, page.id) for page in read_corpus(man_page_graph(work, cfg.max_pages))
+            for i, d in enumerate(paragraph_runs(page.text, cfg.doc_bytes))]
+
+
+def paragraph_runs(text: str, doc_bytes: int) -> list[str]:
+    """``text`` cut at blank lines into runs of consecutive paragraphs of at most ``doc_bytes``
+    bytes each (a longer paragraph alone)."""
+    docs, run, size = [], [], 0
+    for para in (p.strip("\n") for p in text.split("\n\n") if p.strip()):
+        n = len(para.encode())
+        if run and size + 2 + n > doc_bytes:  # 2: the blank line between paragraphs
+            docs.append("\n\n".join(run))
+            run, size = [], 0
+        size += n + (2 if run else 0)
+        run.append(para)
+    if run:
+        docs.append("\n\n".join(run))
+    return docs
 
 
 def base_dir(work: Path, seed: int) -> Path:
@@ -220,7 +252,8 @@ def fall(measure: dict, seq_len: int) -> float | None:
 def report(cfg: Config, records: list[dict], out: Path | None) -> str:
     order = ["base", *cfg.arms]
     by = {a: sorted((r for r in records if r["params"]["arm"] == a), key=lambda r: r["params"]["seed"]) for a in order}
-    lines = [f"Base: plain bytes of the builtin corpus, {cfg.base_steps} steps of {cfg.base_batch_size} x "
+    corpus = "the builtin corpus" if cfg.corpus == "builtin" else "this machine's English man pages"
+    lines = [f"Base: plain bytes of {corpus}, {cfg.base_steps} steps of {cfg.base_batch_size} x "
              f"{cfg.base_seq_len}; then each arm {cfg.stage_steps} steps of {cfg.batch_size} sequences of up to "
              f"{cfg.seq_len} (shuffled: a Rosetta header of {cfg.rosetta} translations, then ~{cfg.min_tokens} text "
              f"tokens), lr {cfg.lr}, exact segment BPTT (segments of {cfg.segment_len}); d_model {cfg.d_model}, "

@@ -85,16 +85,18 @@ def mean_sd(vals: list[float], signed: bool = False) -> str:
     return f"{text} ± {math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)):.3f}"
 
 
-def prepare_byte_documents(docs: list[tuple[str, str]], out: Path, fractions: dict[str, float]) -> None:
-    """(id, text) documents written to ``out``-src as JSONL, byte-tokenized and split into ``out``
-    by ``plasticlm prepare``: the corpora the experiments build for themselves."""
+def prepare_byte_documents(docs: list[tuple[str, ...]], out: Path, fractions: dict[str, float]) -> None:
+    """(id, text) or (id, text, group) documents written to ``out``-src as JSONL, byte-tokenized and
+    split into ``out`` by ``plasticlm prepare``: the corpora the experiments build for themselves.
+    Documents of one group (pieces of one page) land in one split."""
     from ..data.shards import prepare
     from ..tokenizer import ByteTokenizer
 
     src = out.parent / (out.name + "-src")
     src.mkdir(parents=True, exist_ok=True)
     atomic_write(src / "documents.jsonl", lambda tmp: Path(tmp).write_text(
-        "".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in docs)))
+        "".join(json.dumps({"id": d[0], "text": d[1], **({"group": d[2]} if len(d) > 2 else {})}) + "\n"
+                for d in docs)))
     ByteTokenizer().save(src / "tokenizer.json")
     prepare(str(src / "documents.jsonl"), out, tokenizer=str(src / "tokenizer.json"), fractions=dict(fractions),
             progress=False)
