@@ -1,14 +1,9 @@
-"""What reading alone can give on the shuffled-vocabulary task: the loss of two model-free
-predictors on the held-out sequences the H3 and RQ6 experiments score, by position.
-
-- **global unigram**: one distribution of ids for every sequence, fitted on the scored text
-  itself (pooled over sequences). This is the best a model can do without reading: each
-  sequence's language permutes the ids, so no id is more likely in one sequence than another.
-- **counting**: each sequence's own id counts so far (add-``alpha``), the simplest statistic a
-  memory can gather while it reads.
-
-Any model whose loss stays at the global unigram's has learnt nothing from its context; counting
-is a floor on what even the crudest reading should reach.
+"""What reading alone can give on the shuffled-vocabulary task: the loss of the model-free
+predictors of ``plasticlm.eval.oracles`` (a global unigram fitted on the scored text, and each
+sequence's own counts so far) on the held-out sequences the H3 and RQ6 experiments score, by
+position. The plasticity experiment's report now shows the same two on exactly the rows its
+models are scored on (``eval_sequences`` rows, those without text left out); this script takes
+any number of rows with text, for any seed.
 
     python benchmarks/shuffled_oracle.py        # plasticity's stream: 4,096 tokens, 60 translations
 
@@ -25,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from plasticlm.eval.common import log_bins
+from plasticlm.eval.oracles import oracle_losses
 from plasticlm.experiments import make_config
 from plasticlm.experiments import plasticity
 from plasticlm.provenance import provenance, result_stem
@@ -47,23 +43,6 @@ def scored_rows(kind: str, rows: int, seed: int, work: Path) -> tuple[list[tuple
     return out[:rows], cfg.seq_len
 
 
-def losses(rows, vocab: int, alpha: float) -> dict[str, list[np.ndarray]]:
-    """Per row, the loss (nats) of each predictor at each scored position."""
-    pooled = np.zeros(vocab)
-    for _, ids in rows:
-        pooled += np.bincount(ids, minlength=vocab)
-    p = (pooled + alpha) / (pooled.sum() + alpha * vocab)
-    out = {"global unigram": [], "counting": []}
-    for _, ids in rows:
-        counts, seen = np.zeros(vocab), np.empty(len(ids))
-        for t, x in enumerate(ids):
-            seen[t] = counts[x]
-            counts[x] += 1
-        out["global unigram"].append(-np.log(p[ids]))
-        out["counting"].append(-np.log((seen + alpha) / (np.arange(len(ids)) + alpha * vocab)))
-    return out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=64, help="held-out sequences per stream")
@@ -76,7 +55,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for kind in ("shuffled", "traditional"):
             rows, T = scored_rows(kind, args.rows, args.seed, Path(tmp) / "work")
-            per = losses(rows, vocab, args.alpha)
+            per = oracle_losses([ids for _, ids in rows], vocab, args.alpha)
             bins = [(lo, hi) for lo, hi in log_bins(T) if hi - 1 <= T]  # whole bins only
             for name, ls in per.items():
                 tot, cnt = np.zeros(T + 1), np.zeros(T + 1)

@@ -353,6 +353,39 @@ def test_plasticity_plain_text_is_long_documents_not_paragraphs(tmp_path):
         make_config("plasticity", True, ["doc_bytes=2047", "seq_len=2048"])
 
 
+def test_oracles_score_the_rows_the_models_are_scored_on(tmp_path):
+    """A model that predicts the pooled unigram of the held-out rows, read by loss_by_position, gets
+    the oracle's 'global unigram' in every bin: the same rows, positions and weights."""
+    import torch
+
+    from plasticlm.experiments import plasticity
+    from plasticlm.experiments.embeddings import held_out_batches, loss_by_position, oracles_by_position
+
+    cfg = make_config("plasticity", True)
+    data = plasticity.data_config(cfg, plasticity.prepared_corpus(cfg, tmp_path / "work"))
+    V = plasticity.model_config(cfg, "base").vocab_size
+    pooled = torch.zeros(V, dtype=torch.float64)
+    for b in held_out_batches(cfg, data, 0):
+        pooled += torch.bincount(b.targets[b.weights > 0], minlength=V)
+    logp = ((pooled + 0.5) / (pooled.sum() + 0.5 * V)).log().float()
+
+    class Unigram(torch.nn.Module):
+        def init_state(self, batch):
+            return None
+
+        def forward(self, tokens, state):
+            return logp.expand(*tokens.shape, V), state
+
+    oracles = oracles_by_position(cfg, data, 0, V)
+    model = loss_by_position(Unigram(), cfg, data, 0)
+    unigram = oracles["global unigram"]
+    assert unigram["bins"] == model["bins"] and unigram["text_starts"] == model["text_starts"]
+    assert [x is None for x in unigram["loss"]] == [x is None for x in model["loss"]]
+    assert unigram["loss"] == pytest.approx(model["loss"], abs=1e-5)
+    assert unigram["mean"] == pytest.approx(model["mean"], abs=1e-5)
+    assert oracles["counting"]["bins"] == model["bins"]
+
+
 def test_plasticity_fall_leaves_out_the_bin_past_the_sequence():
     """log bins of T end with [T, 2T), which holds position T alone: one token a row, not a loss
     to compare (it made a first report's 'fall with reading' -2.1 nats from one position)."""

@@ -109,18 +109,37 @@ def data_config(cfg: Config, source: Path, kind: str = "shuffled"):
     return DataConfig(kind=kind, source=str(source), seq_len=cfg.seq_len, batch_size=cfg.batch_size, options=options)
 
 
+def held_out_batches(cfg: Config, data, seed: int):
+    """The batches of ``data``'s valid split that every held-out measure reads: the first ones
+    holding at least ``eval_sequences`` rows."""
+    from ..trainer.stream_kinds import build_stream
+
+    stream, rows = build_stream(data, split="valid", seed=seed), 0
+    while rows < cfg.eval_sequences:
+        b = stream.next_batch()
+        yield b
+        rows += b.tokens.shape[0]
+
+
+def binned(total: torch.Tensor, count: torch.Tensor, starts: list[int]) -> dict:
+    """Summed losses and counts of scored tokens by input position (the token at t + 1 predicted
+    from t) as the mean loss in log-spaced bins of the predicted position, and overall."""
+    from ..eval.common import log_bins
+
+    bins = log_bins(len(total))
+    loss = [float(total[lo - 1:hi - 1].sum() / count[lo - 1:hi - 1].sum()) if count[lo - 1:hi - 1].sum() > 0
+            else None for lo, hi in bins]  # None: no scored token in the bin (the header's positions)
+    return {"bins": [[lo, hi] for lo, hi in bins], "loss": loss, "text_starts": starts,
+            "mean": float(total.sum() / count.sum())}
+
+
 @torch.no_grad()
 def loss_by_position(model, cfg: Config, data, seed: int) -> dict:
     """Mean loss (nats per byte) in log-spaced position bins over held-out rows of ``data``'s
     valid split, the weight-0 positions (header, padding) left out; and where the text begins."""
-    from ..eval.common import log_bins
-    from ..trainer.stream_kinds import build_stream
-
-    stream = build_stream(data, split="valid", seed=seed)
     T = cfg.seq_len
-    total, count, starts, rows = torch.zeros(T, dtype=torch.float64), torch.zeros(T, dtype=torch.float64), [], 0
-    while rows < cfg.eval_sequences:
-        b = stream.next_batch()
+    total, count, starts = torch.zeros(T, dtype=torch.float64), torch.zeros(T, dtype=torch.float64), []
+    for b in held_out_batches(cfg, data, seed):
         state = model.init_state(b.tokens.shape[0])
         for a in range(0, b.tokens.shape[1], cfg.segment_len):
             logits, state = model(b.tokens[:, a:a + cfg.segment_len], state)
@@ -132,12 +151,31 @@ def loss_by_position(model, cfg: Config, data, seed: int) -> dict:
             total[a:a + n] += (ce * w).sum(0)
             count[a:a + n] += w.sum(0)
         starts += [int((row > 0).nonzero()[0]) for row in b.weights if (row > 0).any()]
-        rows += b.tokens.shape[0]
-    bins = log_bins(T)
-    loss = [float(total[lo - 1:hi - 1].sum() / count[lo - 1:hi - 1].sum()) if count[lo - 1:hi - 1].sum() > 0
-            else None for lo, hi in bins]  # None: no scored token in the bin (the header's positions)
-    return {"bins": [[lo, hi] for lo, hi in bins], "loss": loss, "text_starts": starts,
-            "mean": float(total.sum() / count.sum())}
+    return binned(total, count, starts)
+
+
+def oracles_by_position(cfg: Config, data, seed: int, vocab: int) -> dict[str, dict]:
+    """The model-free predictors of :mod:`plasticlm.eval.oracles` on the same held-out rows as
+    :func:`loss_by_position`, each in its form: what reading alone gives on them."""
+    import numpy as np
+
+    from ..eval.oracles import oracle_losses
+
+    rows, starts = [], []
+    for b in held_out_batches(cfg, data, seed):
+        for targets, weights in zip(b.targets.numpy(), b.weights.numpy()):
+            idx = np.flatnonzero(weights > 0)
+            if len(idx):
+                rows.append((idx, targets[idx]))
+                starts.append(int(idx[0]))
+    out = {}
+    for name, losses in oracle_losses([ids for _, ids in rows], vocab).items():
+        total, count = np.zeros(cfg.seq_len), np.zeros(cfg.seq_len)
+        for (idx, _), loss in zip(rows, losses):
+            np.add.at(total, idx, loss)
+            np.add.at(count, idx, 1)
+        out[name] = binned(torch.from_numpy(total), torch.from_numpy(count), starts)
+    return out
 
 
 def execute(cfg: Config, run: Run, device: str, work: Path) -> dict:

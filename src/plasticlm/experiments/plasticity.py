@@ -22,7 +22,9 @@ and every measurement the valid split.
 Measured for the base and every arm, on held-out text (the corpus's valid split):
 
 - **one-shot curve**: loss by position in sequences of fresh languages; a model that learns the
-  language while reading has a loss that falls with position;
+  language while reading has a loss that falls with position; beside it (recorded with the base),
+  two predictors without a model on the same rows: a global unigram (the best without reading)
+  and each row's own counts so far (the crudest reading, :mod:`plasticlm.eval.oracles`);
 - **plain**: loss by position on the same text unpermuted (what the stage costs on plain text);
 - **probes**: the drift rule and the template (``plasticlm.eval.probes``) against occurrences,
   beside their shuffled controls and the untrained model.
@@ -40,7 +42,7 @@ from pathlib import Path
 from ..config import ModelConfig
 from ..eval.common import whole_bins
 from ..files import MANIFEST
-from .embeddings import data_config, loss_by_position
+from .embeddings import data_config, loss_by_position, oracles_by_position
 from .reading import probe_last
 from .runner import Run, mean_sd, prepare_byte_documents
 
@@ -231,7 +233,10 @@ def execute(cfg: Config, run: Run, device: str, work: Path) -> dict:
             "train_loss": [(r["step"], r["loss"]) for r in metrics if r.get("loss") is not None],
             "shuffled": loss_by_position(model, cfg, data_config(cfg, source), p["seed"]),
             "plain": loss_by_position(model, cfg, data_config(cfg, source, "traditional"), p["seed"]),
-            "probes": probe_curves(cfg, lm, "plasticlm", mcfg, p["seed"], device, work / "probes", cfg.segment_len)}
+            "probes": probe_curves(cfg, lm, "plasticlm", mcfg, p["seed"], device, work / "probes", cfg.segment_len),
+            # the one-shot rows depend on the seed alone: the base records what reading alone gives on them
+            **({"oracles": oracles_by_position(cfg, data_config(cfg, source), p["seed"], mcfg.vocab_size)}
+               if p["arm"] == "base" else {})}
 
 
 def headline(record: dict) -> str:
@@ -260,7 +265,8 @@ def report(cfg: Config, records: list[dict], out: Path | None) -> str:
              f"{cfg.n_layers} layers, {cfg.design}.", "",
              "Loss in nats per byte on held-out text, mean over seeds ± their standard deviation. Fall with "
              "reading: loss in the last position bin minus the first bin after the header (negative: reading "
-             "the text lowered the loss).", "",
+             "the text lowered the loss). The rows without a model score the same one-shot rows: a global unigram "
+             "fitted on them (the best without reading) and each row's own counts so far (the crudest reading).", "",
              "| model | seeds | params | one-shot: mean loss | one-shot: fall with reading | plain: mean loss | "
              "plain: fall with reading |", "|---|---:|---:|---:|---:|---:|---:|"]
     for a, rs in by.items():
@@ -271,6 +277,11 @@ def report(cfg: Config, records: list[dict], out: Path | None) -> str:
             falls = [f for f in (fall(r[measure], cfg.seq_len) for r in rs) if f is not None]
             cells += [mean_sd([r[measure]["mean"] for r in rs]), mean_sd(falls, signed=True) if falls else "-"]
         lines.append(f"| {a} | {len(rs)} | {rs[0]['n_params']:,} | " + " | ".join(cells) + " |")
+    measured = [r["oracles"] for r in by["base"] if "oracles" in r]  # (results made before oracles were recorded lack them)
+    for name in (measured[0] if measured else {}):
+        falls = [f for f in (fall(m[name], cfg.seq_len) for m in measured) if f is not None]
+        lines.append(f"| {name} (no model) | {len(measured)} | - | {mean_sd([m[name]['mean'] for m in measured])} | "
+                     f"{mean_sd(falls, signed=True) if falls else '-'} | - | - |")
     one_shot = {a: {r["params"]["seed"]: fall(r["shuffled"], cfg.seq_len) for r in rs} for a, rs in by.items()}
     plain = one_shot.get("plain", {})
     for a in (a for a in cfg.arms if a != "plain"):
@@ -307,6 +318,12 @@ def plot(by: dict, seq_len: int, out: Path) -> str:
                 ax.plot([sum(m["bins"][j]) / 2 for j in keep], [math.nan if m["loss"][j] is None else m["loss"][j]
                                                                 for j in keep],
                         marker=".", color=f"C{i}", alpha=0.8, label=a if r is rs[0] else None)
+        for j, r in enumerate(r for r in by["base"] if "oracles" in r and measure == "shuffled"):
+            for name, style in (("global unigram", ":"), ("counting", "--")):
+                m = r["oracles"][name]
+                keep = [k for k in whole_bins(m["bins"], seq_len) if m["loss"][k] is not None]
+                ax.plot([sum(m["bins"][k]) / 2 for k in keep], [m["loss"][k] for k in keep], style, color="0.3",
+                        label=f"{name} (no model)" if j == 0 else None)
         ax.set(xscale="log", xlabel="position in the sequence", ylabel="loss (nats/byte)",
                title="one-shot: held-out text in fresh languages" if measure == "shuffled" else "plain held-out text")
         ax.grid(alpha=0.3)
