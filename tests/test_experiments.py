@@ -386,6 +386,29 @@ def test_oracles_score_the_rows_the_models_are_scored_on(tmp_path):
     assert oracles["counting"]["bins"] == model["bins"]
 
 
+def test_held_out_measures_count_rows_with_text_not_padding(monkeypatch):
+    """An epoch's last batch is padded with empty rows and can come first: eval_sequences=8 must
+    still score 8 rows of text (it once scored 6)."""
+    import types
+
+    import torch
+
+    from plasticlm.experiments import embeddings
+    from plasticlm.trainer import stream_kinds
+
+    def batch(texts):
+        w = torch.zeros(4, 16)
+        w[:texts] = 1
+        return types.SimpleNamespace(tokens=torch.zeros(4, 16, dtype=torch.long), weights=w)
+
+    batches = iter([batch(2), batch(4), batch(4), batch(4)])
+    monkeypatch.setattr(stream_kinds, "build_stream", lambda data, split, seed: types.SimpleNamespace(
+        next_batch=lambda: next(batches)))
+    cfg = types.SimpleNamespace(eval_sequences=8)
+    read = list(embeddings.held_out_batches(cfg, None, 0))
+    assert [int(b.weights.any(1).sum()) for b in read] == [2, 4, 4]
+
+
 def test_plasticity_fall_leaves_out_the_bin_past_the_sequence():
     """log bins of T end with [T, 2T), which holds position T alone: one token a row, not a loss
     to compare (it made a first report's 'fall with reading' -2.1 nats from one position)."""
