@@ -218,7 +218,8 @@ def execute(cfg: Config, run: Run, device: str, work: Path) -> dict:
     tc = TrainConfig(
         arch="plasticlm", model=mcfg, seed=p["seed"], device=device, out_dir=str(work / "train"), steps=steps,
         segment_len=cfg.segment_len, data=data, optim=OptimConfig(lr=cfg.lr, warmup_steps=cfg.warmup_steps),
-        checkpoint=CheckpointConfig(every=max(1, steps // 5)),
+        # at most 100 steps apart (5-6 minutes of an arm on one core): a stage of hours, cut off, loses little
+        checkpoint=CheckpointConfig(every=max(1, min(100, steps // 5))),
         log=LogConfig(every=5, tensorboard="disabled", eval_every=max(1, steps // 5)),
         eval_tokens=data.batch_size * data.seq_len)
     trainer = Trainer(tc, progress=False, model=model)
